@@ -1,0 +1,348 @@
+"""One typed definition of every glue_ros parameter.
+
+The node declares these as ROS parameters, ``config/matcher.yaml`` lists them, and the CLIs accept
+them through ``--params-file`` / ``--set NAME=VALUE``. Names are dotted (``extractor.max_keypoints``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+
+class ParameterError(ValueError):
+    """A parameter name or value is invalid. The message names the parameter."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: Any
+    description: str
+    choices: tuple[Any, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    live: bool = False  # may change while the node runs (thresholds); others need a restart
+
+    @property
+    def type(self) -> type:
+        return type(self.default)
+
+
+def _p(name, default, description, choices=None, min=None, max=None, live=False) -> ParamSpec:
+    return ParamSpec(name, default, description, tuple(choices) if choices else None, min, max, live)
+
+
+# Defaults suit 30 Hz monocular VO at 640x480.
+PARAMS: tuple[ParamSpec, ...] = (
+    _p("device", "auto", "Compute device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."),
+    _p("precision", "auto", "Numeric precision: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 (CUDA only), bf16.",
+       choices=("auto", "fp32", "fp16", "bf16")),
+    # --- extractor
+    _p("extractor.type", "superpoint", "Feature extractor.", choices=("superpoint", "sift", "orb")),
+    _p("extractor.weights", "magic-leap-community/superpoint",
+       "SuperPoint weights: Hugging Face hub repo id or a local directory with config.json + model.safetensors."),
+    _p("extractor.revision", "", "Hub revision (commit hash, branch or tag) to pin; empty = main."),
+    _p("extractor.max_keypoints", 1024, "Keep at most this many keypoints (highest score); -1 = no limit.",
+       min=-1, max=100000),
+    _p("extractor.keypoint_threshold", 0.005, "SuperPoint detection score threshold.", min=0.0, max=1.0),
+    _p("extractor.nms_radius", 4, "Non-maximum suppression radius in pixels (of the resized image).", min=0, max=64),
+    _p("extractor.border_removal", 4, "Drop keypoints closer than this many pixels to any image border.",
+       min=0, max=256),
+    _p("extractor.resize_max", 0, "Resize so the long side is at most this many pixels (0 = native). "
+       "Keypoints are always returned in the input image's pixels.", min=0, max=8192),
+    # --- matcher
+    _p("matcher.type", "lightglue", "Matcher: lightglue, superglue (learned) or nn (mutual nearest neighbour).",
+       choices=("lightglue", "superglue", "nn")),
+    _p("matcher.weights", "", "Matcher weights: hub repo id or local directory; empty = the default for "
+       "matcher.type (ETH-CVG/lightglue_superpoint, magic-leap-community/superglue_indoor)."),
+    _p("matcher.revision", "", "Hub revision to pin; empty = main."),
+    _p("matcher.depth_confidence", 0.95, "LightGlue early exit confidence; -1 disables early exit.",
+       min=-1.0, max=1.0),
+    _p("matcher.width_confidence", 0.99, "LightGlue point pruning confidence; -1 disables pruning.",
+       min=-1.0, max=1.0),
+    _p("matcher.filter_threshold", 0.1, "LightGlue match score threshold.", min=0.0, max=1.0, live=True),
+    _p("matcher.sinkhorn_iterations", 100, "SuperGlue Sinkhorn iterations.", min=1, max=1000),
+    _p("matcher.match_threshold", 0.2, "SuperGlue match score threshold.", min=0.0, max=1.0, live=True),
+    _p("matcher.ratio_test", 0.8, "nn matcher: Lowe ratio (best/second best distance); 0 disables.",
+       min=0.0, max=1.0, live=True),
+    # --- keyframes
+    _p("keyframes.buffer_size", 5, "Keyframes kept (features cached on the compute device).", min=1, max=100),
+    _p("keyframes.match_against", 1, "Match each frame against the newest N keyframes (one batched call).",
+       min=1, max=100),
+    _p("keyframes.min_matches", 80, "New keyframe when matches to the newest keyframe drop below this.",
+       min=0, max=100000, live=True),
+    _p("keyframes.min_inlier_ratio", 0.5, "New keyframe when the pose inlier ratio drops below this.",
+       min=0.0, max=1.0, live=True),
+    _p("keyframes.parallax_px", 40.0, "New keyframe when the median inlier displacement exceeds this (pixels).",
+       min=0.0, max=10000.0, live=True),
+    _p("keyframes.max_interval_s", 1.0, "New keyframe at least this often (seconds); 0 disables.",
+       min=0.0, max=3600.0, live=True),
+    _p("keyframes.reset_gap_s", 2.0, "Reset the keyframe buffer when stamps jump forward by more than this "
+       "(seconds; camera paused or bag skipped).", min=0.0, max=3600.0, live=True),
+    # --- pose
+    _p("pose.method", "magsac", "Essential matrix estimator.", choices=("magsac", "ransac"), live=True),
+    _p("pose.threshold_px", 1.0, "Inlier threshold in pixels (converted for normalised coordinates).",
+       min=0.01, max=100.0, live=True),
+    _p("pose.confidence", 0.999, "RANSAC confidence.", min=0.5, max=0.999999, live=True),
+    _p("pose.min_inliers", 15, "Fewer inliers → pose invalid.", min=5, max=100000, live=True),
+    _p("pose.rotation_only_ratio", 0.9, "Homography/essential inlier ratio above which (with low parallax) "
+       "motion is flagged as near-pure rotation.", min=0.0, max=10.0, live=True),
+    _p("pose.min_parallax_px", 2.0, "Median inlier displacement below which motion may be pure rotation.",
+       min=0.0, max=1000.0, live=True),
+    # --- camera fallback intrinsics (used when no CameraInfo arrives)
+    _p("camera.fx", 0.0, "Fallback focal length x (pixels); 0 = none.", min=0.0, max=1e6),
+    _p("camera.fy", 0.0, "Fallback focal length y (pixels); 0 = none.", min=0.0, max=1e6),
+    _p("camera.cx", 0.0, "Fallback principal point x (pixels).", min=-1e6, max=1e6),
+    _p("camera.cy", 0.0, "Fallback principal point y (pixels).", min=-1e6, max=1e6),
+    _p("camera.distortion_model", "none", "Fallback distortion model.",
+       choices=("none", "plumb_bob", "rational_polynomial")),
+    _p("camera.distortion", [0.0], "Fallback distortion coefficients (OpenCV order)."),
+    # --- node (ROS adapter only)
+    _p("input.compressed", False, "Subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image."),
+    _p("input.qos", "sensor_data", "Input QoS: sensor_data (best effort) or reliable.",
+       choices=("sensor_data", "reliable")),
+    _p("input.queue_size", 1, "Frames waiting for the worker; the oldest is dropped (and counted) when full.",
+       min=1, max=100),
+    _p("input.camera_info_slop_s", 0.0, "CameraInfo pairing: max stamp difference (seconds); "
+       "0 = exact stamp, else nearest within slop.", min=0.0, max=10.0),
+    _p("output.features", False, "Publish ~/features (VINS-Fusion sensor_msgs/PointCloud)."),
+    _p("output.frame_id", "", "Override the header frame_id of outputs (empty = the image's frame_id)."),
+    _p("diagnostics.period_s", 1.0, "Diagnostics publishing period (seconds).", min=0.1, max=60.0),
+)
+
+SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
+
+DEFAULT_MATCHER_WEIGHTS = {
+    "lightglue": "ETH-CVG/lightglue_superpoint",
+    "superglue": "magic-leap-community/superglue_indoor",
+}
+
+
+def coerce(spec: ParamSpec, value: Any) -> Any:
+    """Convert a value to the parameter's type and check its range; raise ParameterError naming it."""
+    kind = spec.type
+    try:
+        if kind is bool:
+            if isinstance(value, str):
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError(value)
+                value = low in ("true", "1", "yes", "on")
+            elif not isinstance(value, (bool, int)) or value not in (0, 1, True, False):
+                raise ValueError(value)
+            value = bool(value)
+        elif kind is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            value = int(value) if not isinstance(value, str) else int(value.strip(), 0)
+        elif kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(value)
+        elif kind is list:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            value = [float(v) for v in value]
+            if not all(math.isfinite(v) for v in value):
+                raise ValueError(value)
+        elif kind is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"parameter '{spec.name}': expected {kind.__name__}, got {value!r}") from None
+    if spec.choices is not None and value not in spec.choices:
+        raise ParameterError(f"parameter '{spec.name}': {value!r} is not one of {', '.join(map(str, spec.choices))}")
+    if spec.min is not None and value < spec.min or spec.max is not None and value > spec.max:
+        raise ParameterError(f"parameter '{spec.name}': {value!r} is outside [{spec.min}, {spec.max}]")
+    if spec.name == "device" and not _valid_device(value):
+        raise ParameterError(f"parameter 'device': {value!r} is not auto, cpu, cuda or cuda:N")
+    return value
+
+
+def _valid_device(value: str) -> bool:
+    if value in ("auto", "cpu", "cuda"):
+        return True
+    return value.startswith("cuda:") and value[5:].isdigit()
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML mapping → dotted names. Lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_params_file(path: str | Path, node_name: str = "glue_ros_matcher") -> dict[str, Any]:
+    """Read a ROS 2 params file (``node: ros__parameters: ...``, ``/**`` wildcard too) or a plain
+    nested mapping, and return dotted name → value (unvalidated)."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParameterError(f"params file not found: {path}") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ParameterError(f"params file {path} could not be read: {exc}".splitlines()[0]) from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, Mapping):
+        raise ParameterError(f"params file {path}: expected a mapping at the top level")
+    sections = [v["ros__parameters"] for k, v in tree.items()
+                if isinstance(v, Mapping) and "ros__parameters" in v
+                and str(k).lstrip("/") in ("**", node_name) or str(k).endswith("/" + node_name)]
+    if not sections and any(isinstance(v, Mapping) and "ros__parameters" in v for v in tree.values()):
+        return {}  # a ROS file for other nodes only
+    flat: dict[str, Any] = {}
+    for section in sections or [tree]:
+        flat.update(flatten(section or {}))
+    return flat
+
+
+def parse_set(assignments: Iterable[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` strings → dict; VALUE is parsed as YAML scalar (so 0.5, true, [1, 2] work)."""
+    out: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ParameterError(f"--set expects NAME=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        spec = SPECS.get(name.strip())
+        if spec is not None and spec.type is str:
+            value = raw  # strings stay verbatim (repo ids, paths)
+        out[name.strip()] = value
+    return out
+
+
+def validate(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Check names and values; return the complete flat parameter dict (defaults filled in)."""
+    unknown = sorted(set(values) - set(SPECS))
+    if unknown:
+        raise ParameterError(f"unknown parameter '{unknown[0]}'" + _suggest(unknown[0]))
+    flat = {p.name: p.default for p in PARAMS}
+    for name, value in values.items():
+        flat[name] = coerce(SPECS[name], value)
+    return flat
+
+
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(SPECS), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+# --------------------------------------------------------------------------- typed views
+
+
+@dataclass(frozen=True)
+class ExtractorConfig:
+    type: str = "superpoint"
+    weights: str = "magic-leap-community/superpoint"
+    revision: str = ""
+    max_keypoints: int = 1024
+    keypoint_threshold: float = 0.005
+    nms_radius: int = 4
+    border_removal: int = 4
+    resize_max: int = 0
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    type: str = "lightglue"
+    weights: str = ""
+    revision: str = ""
+    depth_confidence: float = 0.95
+    width_confidence: float = 0.99
+    filter_threshold: float = 0.1
+    sinkhorn_iterations: int = 100
+    match_threshold: float = 0.2
+    ratio_test: float = 0.8
+
+    @property
+    def resolved_weights(self) -> str:
+        return self.weights or DEFAULT_MATCHER_WEIGHTS.get(self.type, "")
+
+
+@dataclass(frozen=True)
+class KeyframeConfig:
+    buffer_size: int = 5
+    match_against: int = 1
+    min_matches: int = 80
+    min_inlier_ratio: float = 0.5
+    parallax_px: float = 40.0
+    max_interval_s: float = 1.0
+    reset_gap_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class PoseConfig:
+    method: str = "magsac"
+    threshold_px: float = 1.0
+    confidence: float = 0.999
+    min_inliers: int = 15
+    rotation_only_ratio: float = 0.9
+    min_parallax_px: float = 2.0
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    device: str = "auto"
+    precision: str = "auto"
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
+    matcher: MatcherConfig = field(default_factory=MatcherConfig)
+    keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)
+    pose: PoseConfig = field(default_factory=PoseConfig)
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> "FrontEndConfig":
+        """Build from dotted names (validated; unknown names rejected; non-core names ignored)."""
+        flat = validate(values)
+
+        def section(kind, prefix):
+            return kind(**{f.name: flat[f"{prefix}.{f.name}"] for f in dataclasses.fields(kind)})
+
+        return cls(
+            device=flat["device"], precision=flat["precision"],
+            extractor=section(ExtractorConfig, "extractor"), matcher=section(MatcherConfig, "matcher"),
+            keyframes=section(KeyframeConfig, "keyframes"), pose=section(PoseConfig, "pose"),
+        )
+
+    def to_flat(self) -> dict[str, Any]:
+        flat: dict[str, Any] = {"device": self.device, "precision": self.precision}
+        for prefix in ("extractor", "matcher", "keyframes", "pose"):
+            for key, value in dataclasses.asdict(getattr(self, prefix)).items():
+                flat[f"{prefix}.{key}"] = value
+        return flat
+
+    def replace(self, **dotted: Any) -> "FrontEndConfig":
+        """Copy with some dotted parameters changed (validated)."""
+        flat = self.to_flat()
+        flat.update(dotted)
+        return FrontEndConfig.from_flat(flat)
+
+
+def load_config(params_file: str | Path | None = None, sets: Iterable[str] = ()) -> dict[str, Any]:
+    """CLI helper: params file, then --set overrides → full validated flat dict."""
+    values: dict[str, Any] = {}
+    if params_file:
+        values.update(load_params_file(params_file))
+    values.update(parse_set(sets))
+    return validate(values)
