@@ -204,7 +204,7 @@ def load_params_file(path: str | Path, node_name: str = "glue_ros_matcher") -> d
         raise ParameterError(f"params file {path}: expected a mapping at the top level")
     sections = [v["ros__parameters"] for k, v in tree.items()
                 if isinstance(v, Mapping) and "ros__parameters" in v
-                and str(k).lstrip("/") in ("**", node_name) or str(k).endswith("/" + node_name)]
+                and (str(k).lstrip("/") in ("**", node_name) or str(k).endswith("/" + node_name))]
     if not sections and any(isinstance(v, Mapping) and "ros__parameters" in v for v in tree.values()):
         return {}  # a ROS file for other nodes only
     flat: dict[str, Any] = {}
@@ -346,3 +346,32 @@ def load_config(params_file: str | Path | None = None, sets: Iterable[str] = ())
         values.update(load_params_file(params_file))
     values.update(parse_set(sets))
     return validate(values)
+
+
+def render_params_yaml(node_name: str = "/**") -> str:
+    """The documented ROS 2 params file with every parameter at its default (config/matcher.yaml)."""
+    lines = ["# glue_ros matcher parameters (all of them, at their defaults).",
+             "# Generated from glue_ros/config.py: `python -m glue_ros.config > config/matcher.yaml`.",
+             "# The same dotted names work with the CLIs: --set extractor.max_keypoints=512",
+             f"{node_name}:", "  ros__parameters:"]
+    section = None
+    for spec in PARAMS:
+        head, _, leaf = spec.name.rpartition(".")
+        if head != section:
+            if head:
+                lines.append(f"    {head}:")
+            section = head
+        indent = "      " if head else "    "
+        notes = []
+        if spec.choices:
+            notes.append("one of " + " | ".join(map(str, spec.choices)))
+        elif spec.min is not None:
+            notes.append(f"range [{spec.min}, {spec.max}]")
+        notes.append("live" if spec.live else "restart")
+        lines.append(f"{indent}# {spec.description} ({'; '.join(notes)})")
+        lines.append(f"{indent}{leaf or spec.name}: {yaml.safe_dump(spec.default, default_flow_style=True).strip().removesuffix('...').strip()}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_params_yaml(), end="")

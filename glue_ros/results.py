@@ -73,6 +73,7 @@ class FrameResult:
     reset_reason: str = ""  # non-empty when the keyframe buffer was reset before this frame
     timings_ms: dict[str, float] = field(default_factory=dict)
     stop_layer: int = -1  # LightGlue layers run (max over keyframes); -1 for other matchers
+    status: str = "ok"  # "ok" or why the frame gave no matches: "invalid_image", "repeated_stamp", ...
 
     @property
     def pose(self) -> RelativePose | None:

@@ -1,0 +1,27 @@
+# glue_ros: the two commands of the README are `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export AMENT_PREFIX_PATH := $(abspath $(VENV))
+export FASTDDS_DEFAULT_PROFILES_FILE := $(abspath config/fastdds_local.xml)
+export RMW_IMPLEMENTATION := rmw_fastrtps_cpp
+
+.PHONY: venv venv-runtime test demo bench clean
+
+venv:
+	VENV=$(VENV) scripts/setup_venv.sh test
+
+venv-runtime:
+	VENV=$(VENV) scripts/setup_venv.sh runtime
+
+test: venv
+	$(PY) -m pytest -q test
+
+demo: venv-runtime
+	$(PY) -m glue_ros.tools.demo --output out/demo
+
+bench: venv
+	$(PY) bench/bench_models.py
+	$(PY) bench/bench_stream.py
+
+clean:
+	rm -rf build out .pytest_cache

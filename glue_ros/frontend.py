@@ -1,0 +1,237 @@
+"""The front-end pipeline: frame in, FrameResult out.
+
+    frame ─► extractor (once per frame) ─► match vs newest K keyframes (one batched call)
+          ─► relative pose per keyframe ─► track ids + velocities ─► keyframe decision
+
+ROS-free: the node, the replay tool and the CLIs feed it and publish what it returns.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from . import backends
+from .config import FrontEndConfig, ParameterError
+from .device import resolve_device, resolve_dtype
+from .features import Features, PairMatches
+from .geometry import CameraModel, estimate_relative_pose
+from .keyframes import (Keyframe, KeyframeBuffer, KeyframeSignals, keyframe_reason, median_displacement,
+                        reset_reason)
+from .results import FrameResult, KeyframeDecision, KeyframeMatches, RelativePose
+from .tracks import TrackTable
+
+log = logging.getLogger("glue_ros.frontend")
+
+# Parameters that need new models (or a new device) cannot change on a running pipeline.
+RESTART_PREFIXES = ("device", "precision", "extractor.", "matcher.type", "matcher.weights", "matcher.revision",
+                    "matcher.depth_confidence", "matcher.width_confidence", "matcher.sinkhorn_iterations")
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # H×W (mono) or H×W×3 (RGB), uint8 or float in [0, 1]
+    stamp_ns: int
+    frame_id: str = "camera"
+    camera: CameraModel | None = None  # None: matches still flow, pose unavailable
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    keyframes: int = 0
+    resets: int = 0
+    extract_calls: int = 0
+    images_extracted: int = 0
+    match_calls: int = 0
+    pairs_matched: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+
+class FrontEnd:
+    def __init__(self, config: FrontEndConfig | None = None, *, extractor=None, matcher=None,
+                 on_reset: Callable[[str], None] | None = None):
+        self.config = config or FrontEndConfig()
+        backends.check_compatible(self.config.extractor, self.config.matcher)
+        self.device = resolve_device(self.config.device)
+        self.dtype = resolve_dtype(self.config.precision, self.device)
+        self.extractor = extractor or backends.build_extractor(self.config.extractor, self.device, self.dtype)
+        self.matcher = matcher or backends.build_matcher(self.config.matcher, self.device, self.dtype)
+        self.buffer = KeyframeBuffer(self.config.keyframes.buffer_size)
+        self.tracks = TrackTable()
+        self.stats = PipelineStats()
+        self._next_keyframe_id = 0
+        self._last_stamp_ns: int | None = None
+        self._on_reset = on_reset or (lambda reason: log.warning("keyframe buffer reset: %s", reason))
+
+    # ------------------------------------------------------------------ configuration
+
+    def update_config(self, new: FrontEndConfig) -> None:
+        """Apply live-changeable parameters; raise ParameterError naming one that needs a restart."""
+        old_flat, new_flat = self.config.to_flat(), new.to_flat()
+        for name, value in new_flat.items():
+            if old_flat[name] != value and name.startswith(RESTART_PREFIXES):
+                raise ParameterError(f"parameter '{name}' cannot change while running (it needs the models to be "
+                                     "reloaded): restart the node with the new value")
+        self.config = new
+        self.buffer.resize(new.keyframes.buffer_size)
+        backends.apply_live_thresholds(self.matcher, new.matcher)
+
+    # ------------------------------------------------------------------ processing
+
+    def reset(self, reason: str) -> None:
+        self.buffer.clear()
+        self.tracks.clear()
+        self._last_stamp_ns = None
+        self.stats.resets += 1
+        self._on_reset(reason)
+
+    def extract(self, images: Sequence[np.ndarray]) -> list[Features]:
+        """Extract features of several frames in one call (the only place features are computed)."""
+        self.stats.extract_calls += 1
+        self.stats.images_extracted += len(images)
+        with torch.inference_mode():
+            return self.extractor.extract(list(images))
+
+    def process(self, frame: Frame, features: Features | None = None) -> FrameResult:
+        """Process one frame. ``features`` lets a caller that batched the extraction pass them in."""
+        t_start = time.perf_counter()
+        timings: dict[str, float] = {}
+        problem = _image_problem(frame.image)
+        if problem:
+            return self._rejected(frame, problem)
+        height, width = frame.image.shape[:2]
+        if self._last_stamp_ns is not None and frame.stamp_ns == self._last_stamp_ns:
+            return self._rejected(frame, "repeated_stamp")
+
+        newest = self.buffer.newest(1)
+        why_reset = reset_reason(frame.stamp_ns, (width, height), self._last_stamp_ns,
+                                 newest[0].image_size if newest else None, self.config.keyframes)
+        if why_reset:
+            self.reset(why_reset)
+        self._last_stamp_ns = frame.stamp_ns
+        self.stats.frames += 1
+
+        if features is None:
+            t = time.perf_counter()
+            features = self.extract([frame.image])[0]
+            timings["extract_ms"] = (time.perf_counter() - t) * 1e3
+        keypoints = features.keypoints_numpy()
+        scores = features.scores.detach().float().cpu().numpy()
+        camera = frame.camera
+
+        keyframes = self.buffer.newest(self.config.keyframes.match_against)
+        matched: list[KeyframeMatches] = []
+        if keyframes:
+            t = time.perf_counter()
+            pairs = self._match(keyframes, features)
+            timings["match_ms"] = (time.perf_counter() - t) * 1e3
+            t = time.perf_counter()
+            matched = [self._keyframe_matches(kf, pair, keypoints, camera) for kf, pair in zip(keyframes, pairs)]
+            timings["pose_ms"] = (time.perf_counter() - t) * 1e3
+
+        track_ids = self.tracks.assign(len(keypoints), [(m.matches[:, 1], m.track_ids) for m in matched])
+        velocities = self.tracks.velocities(frame.stamp_ns, keypoints, track_ids)
+
+        decision = self._decide(frame, matched, why_reset)
+        if decision.is_keyframe:
+            self.buffer.add(Keyframe(decision.keyframe_id, frame.stamp_ns, frame.frame_id, features, keypoints,
+                                     track_ids, camera, (width, height)))
+            self.stats.keyframes += 1
+        live = [track_ids] + [kf.track_ids for kf in self.buffer]
+        self.tracks.retain(np.concatenate(live))
+        timings["total_ms"] = (time.perf_counter() - t_start) * 1e3
+        return FrameResult(
+            stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, image_size=(width, height),
+            keypoints=keypoints, keypoint_scores=scores, track_ids=track_ids, track_velocities=velocities,
+            matches=matched, keyframe=decision, reset_reason=why_reset, timings_ms=timings,
+            stop_layer=max((m.stop_layer for m in matched), default=-1),
+            status="ok" if len(keypoints) else "no_features")
+
+    def process_many(self, frames: Sequence[Frame]) -> list[FrameResult]:
+        """Process frames in order, extracting all valid same-size frames in one batched call."""
+        valid = [f for f in frames if not _image_problem(f.image)]
+        features = dict(zip(map(id, valid), self.extract([f.image for f in valid]))) if valid else {}
+        return [self.process(f, features.get(id(f))) for f in frames]
+
+    # ------------------------------------------------------------------ steps
+
+    def _match(self, keyframes: list[Keyframe], features: Features) -> list[PairMatches]:
+        self.stats.match_calls += 1
+        self.stats.pairs_matched += len(keyframes)
+        with torch.inference_mode():
+            return self.matcher.match([kf.features for kf in keyframes], [features] * len(keyframes))
+
+    def _keyframe_matches(self, kf: Keyframe, pair: PairMatches, keypoints: np.ndarray,
+                          camera: CameraModel | None) -> KeyframeMatches:
+        idx = pair.matches.astype(np.int64).reshape(-1, 2)
+        points_kf = kf.keypoints[idx[:, 0]].astype(np.float32)
+        points_frame = keypoints[idx[:, 1]].astype(np.float32)
+        pose = self._pose(points_kf, points_frame, kf.camera, camera)
+        inliers = pose.inliers if len(pose.inliers) == len(idx) else np.zeros(len(idx), bool)
+        return KeyframeMatches(
+            keyframe_id=kf.id, keyframe_stamp_ns=kf.stamp_ns, matches=idx,
+            scores=pair.scores.astype(np.float32), points_keyframe=points_kf, points_frame=points_frame,
+            track_ids=kf.track_ids[idx[:, 0]], inliers=inliers, pose=pose, stop_layer=pair.stop_layer,
+            pruned=(pair.pruned0, pair.pruned1))
+
+    def _pose(self, points_kf, points_frame, camera_kf, camera) -> RelativePose:
+        if camera is None or camera_kf is None:
+            return RelativePose(False, "no_intrinsics", inliers=np.zeros(len(points_kf), bool),
+                                parallax_px=median_displacement(points_kf, points_frame))
+        for cam in (camera_kf, camera):
+            problem = cam.problem()
+            if problem:
+                return RelativePose(False, f"bad_intrinsics: {problem}", inliers=np.zeros(len(points_kf), bool),
+                                    parallax_px=median_displacement(points_kf, points_frame))
+        return estimate_relative_pose(points_kf, points_frame, camera_kf, camera, self.config.pose)
+
+    def _decide(self, frame: Frame, matched: list[KeyframeMatches], why_reset: str) -> KeyframeDecision:
+        if not matched:
+            reason = f"reset:{why_reset}" if why_reset else "first_frame"
+            return self._new_keyframe(reason)
+        newest = matched[0]
+        pose = newest.pose
+        estimated = pose.reason not in ("no_intrinsics",) and not pose.reason.startswith("bad_intrinsics")
+        signals = KeyframeSignals(
+            num_matches=len(newest),
+            inlier_ratio=(pose.num_inliers / max(len(newest), 1)) if estimated else None,
+            parallax_px=pose.parallax_px,
+            seconds_since_keyframe=(frame.stamp_ns - newest.keyframe_stamp_ns) * 1e-9)
+        reason = keyframe_reason(signals, self.config.keyframes)
+        if reason:
+            return self._new_keyframe(reason)
+        return KeyframeDecision(False, "", newest.keyframe_id)
+
+    def _new_keyframe(self, reason: str) -> KeyframeDecision:
+        decision = KeyframeDecision(True, reason, self._next_keyframe_id)
+        self._next_keyframe_id += 1
+        return decision
+
+    def _rejected(self, frame: Frame, reason: str) -> FrameResult:
+        self.stats.rejected[reason] = self.stats.rejected.get(reason, 0) + 1
+        newest = self.buffer.newest(1)
+        shape = getattr(frame.image, "shape", (0, 0))
+        size = (int(shape[1]), int(shape[0])) if len(shape) >= 2 else (0, 0)
+        empty2 = np.zeros((0, 2), np.float32)
+        return FrameResult(
+            stamp_ns=frame.stamp_ns, frame_id=frame.frame_id, image_size=size, keypoints=empty2,
+            keypoint_scores=np.zeros(0, np.float32), track_ids=np.zeros(0, np.int64), track_velocities=empty2,
+            matches=[], keyframe=KeyframeDecision(False, "", newest[0].id if newest else -1), status=reason)
+
+
+def _image_problem(image) -> str:
+    if not isinstance(image, np.ndarray):
+        return "invalid_image"
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        return "invalid_image"
+    if image.shape[0] < 16 or image.shape[1] < 16:
+        return "image_too_small"
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        return "invalid_image"
+    return ""
+

@@ -1,0 +1,354 @@
+"""SuperGlue matcher (Sarlin et al., CVPR 2020), native PyTorch.
+
+Behaviour follows the original magicleap ``SuperGluePretrainedNetwork`` implementation, which trained
+the published weights; weights are read from the Hugging Face checkpoints
+(``magic-leap-community/superglue_indoor`` / ``_outdoor``, or a local directory in that layout).
+Our state-dict keys are exactly those of transformers' ``SuperGlueForKeypointMatching`` minus
+``keypoint_detector.*``: the hub repos embed a SuperPoint there, which we drop on load because
+keypoints come from our own extractor.
+
+Differences from transformers' implementation (we follow the original in each):
+
+* Scores of mutual matches below ``match_threshold``: the original keeps them in the dense
+  per-keypoint scores (the match index is -1); transformers zeroes them. The *set* of matches is
+  the same, so :meth:`SuperGlue.match` is unaffected; :class:`SuperGlueOutput` keeps the original's
+  dense scores.
+* Batches with different keypoint counts: every pair's Sinkhorn uses its own marginals (N, M) and
+  ignores padding, so a batched pair equals the pair matched alone. transformers' padded path uses
+  the padded sizes as marginals.
+* Keypoints are normalised by each image's own size.
+
+Head layout: the original splits the attention channels into heads as ``channel = d * heads + h``
+(interleaved); transformers' converter permuted the q/k/v rows and merge columns so that heads are
+contiguous blocks (``channel = h * head_dim + d``). The checkpoints are in the converted layout, so
+we split contiguous blocks; ``test/test_superglue.py`` checks the equivalence with the original
+formulation on un-permuted weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import DEFAULT_MATCHER_WEIGHTS, MatcherConfig
+from ..device import resolve_device
+from ..features import Features, PairMatches
+from .weights import WeightsError, config_value, load_checkpoint, load_into
+
+DROP_PREFIXES = ("keypoint_detector.",)
+MIN_KEYPOINTS = 2  # fewer in either image: empty result without running the network
+
+
+@dataclass(frozen=True)
+class SuperGlueArchitecture:
+    """Shape of the network, read from the checkpoint's config.json."""
+
+    hidden_size: int = 256
+    keypoint_encoder_sizes: tuple[int, ...] = (32, 64, 128, 256)
+    gnn_layers_types: tuple[str, ...] = ("self", "cross") * 9
+    num_attention_heads: int = 4
+
+    @classmethod
+    def from_json(cls, config: Mapping[str, Any], source: str = "") -> "SuperGlueArchitecture":
+        model_type = config.get("model_type")
+        if model_type not in (None, "superglue"):
+            raise WeightsError(f"weights '{source}' are a '{model_type}' checkpoint, not superglue")
+        default = cls()
+        arch = cls(int(config_value(config, "hidden_size", default.hidden_size)),
+                   tuple(int(s) for s in config_value(config, "keypoint_encoder_sizes", default.keypoint_encoder_sizes)),
+                   tuple(config_value(config, "gnn_layers_types", default.gnn_layers_types)),
+                   int(config_value(config, "num_attention_heads", default.num_attention_heads)))
+        if arch.hidden_size % arch.num_attention_heads or not set(arch.gnn_layers_types) <= {"self", "cross"}:
+            raise WeightsError(f"weights '{source}': unsupported config.json (hidden_size {arch.hidden_size}, "
+                               f"num_attention_heads {arch.num_attention_heads}, gnn_layers_types "
+                               f"{list(arch.gnn_layers_types)})")
+        return arch
+
+
+@dataclass(frozen=True)
+class SuperGlueConfig:
+    """Runtime options (may change between calls, see :meth:`SuperGlue.set_options`).
+    Defaults are the original's; config.json's sinkhorn_iterations / matching_threshold are ignored."""
+
+    sinkhorn_iterations: int = 100
+    match_threshold: float = 0.2  # a mutual match is kept when its score is > this
+
+    def __post_init__(self):
+        if int(self.sinkhorn_iterations) != self.sinkhorn_iterations or self.sinkhorn_iterations < 1:
+            raise ValueError(f"sinkhorn_iterations must be an integer >= 1, got {self.sinkhorn_iterations!r}")
+        if not 0.0 <= self.match_threshold <= 1.0:
+            raise ValueError(f"match_threshold must be in [0, 1], got {self.match_threshold!r}")
+
+
+@dataclass
+class SuperGlueOutput:
+    """Padded batch result; L = padded keypoint count, pair b has N_b / M_b valid keypoints."""
+
+    log_assignment: torch.Tensor  # (B, L+1, L+1) float32; last row/col = dustbins; padding = -inf
+    matches0: torch.Tensor  # (B, L) int64 index into image1, -1 = unmatched or padding
+    matches1: torch.Tensor  # (B, L) int64 index into image0, -1 = unmatched or padding
+    scores0: torch.Tensor  # (B, L) float32 score of the mutual match, > 0 even when below the threshold
+    scores1: torch.Tensor  # (B, L) float32 (original semantics; transformers zeroes those)
+    mask0: torch.Tensor  # (B, L) bool valid keypoints of image0
+    mask1: torch.Tensor  # (B, L) bool valid keypoints of image1
+
+    def pair_log_assignment(self, b: int) -> torch.Tensor:
+        """Pair b's (N_b+1, M_b+1) log-assignment, dustbins last, padding removed."""
+        dustbin = torch.tensor([self.mask0.shape[1]], device=self.mask0.device)
+        rows = torch.cat([self.mask0[b].nonzero()[:, 0], dustbin])
+        cols = torch.cat([self.mask1[b].nonzero()[:, 0], dustbin])
+        return self.log_assignment[b].index_select(0, rows).index_select(1, cols)
+
+
+# --------------------------------------------------------------------------- network
+# Module and attribute names mirror the HF checkpoint keys (e.g. ``attention.self.query``).
+
+
+class _LinearBatchNormReLU(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+        self.batch_norm = nn.BatchNorm1d(out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x)
+        # BatchNorm1d wants channels at dim 1: flatten all leading dims into the batch (eval stats).
+        return F.relu(self.batch_norm(x.flatten(0, -2)).view_as(x))
+
+
+def _mlp(channels: Sequence[int]) -> nn.ModuleList:
+    """Linear+BN+ReLU blocks, then a plain Linear (the original's 1x1-conv MLP)."""
+    blocks: list[nn.Module] = [_LinearBatchNormReLU(a, b) for a, b in zip(channels[:-2], channels[1:-1])]
+    return nn.ModuleList(blocks + [nn.Linear(channels[-2], channels[-1])])
+
+
+def _run(layers: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+    for layer in layers:
+        x = layer(x)
+    return x
+
+
+class _KeypointEncoder(nn.Module):
+    def __init__(self, arch: SuperGlueArchitecture):
+        super().__init__()
+        self.encoder = _mlp([3, *arch.keypoint_encoder_sizes, arch.hidden_size])
+
+    def forward(self, keypoints: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return _run(self.encoder, torch.cat([keypoints, scores.unsqueeze(-1)], -1))
+
+
+class _MultiHeadAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        setattr(self, "self", nn.ModuleDict({name: nn.Linear(dim, dim) for name in ("query", "key", "value")}))
+        self.output = nn.ModuleDict({"dense": nn.Linear(dim, dim)})
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        proj = getattr(self, "self")
+        # Contiguous head blocks: (n, L, C) -> (n, heads, L, C/heads); see the module docstring.
+        q, k, v = (proj[name](t).unflatten(-1, (self.heads, -1)).transpose(1, 2)
+                   for name, t in (("query", x), ("key", source), ("value", source)))
+        message = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # scale 1/sqrt(head_dim)
+        return self.output["dense"](message.transpose(1, 2).flatten(-2))
+
+
+class _AttentionalPropagation(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.attention = _MultiHeadAttention(dim, heads)
+        self.mlp = _mlp([2 * dim, 2 * dim, dim])
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        return _run(self.mlp, torch.cat([x, self.attention(x, source, key_mask)], -1))
+
+
+class _AttentionalGNN(nn.Module):
+    def __init__(self, arch: SuperGlueArchitecture):
+        super().__init__()
+        self.kinds = arch.gnn_layers_types
+        self.layers = nn.ModuleList(_AttentionalPropagation(arch.hidden_size, arch.num_attention_heads)
+                                    for _ in self.kinds)
+
+    def forward(self, desc: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """desc (B, 2, L, C), mask (B, 2, L) bool or None. Both images of a pair update at once."""
+        flat = desc.flatten(0, 1)
+        for layer, kind in zip(self.layers, self.kinds):
+            # cross: each image attends to the other one of its pair (swap along dim 1)
+            source = flat if kind == "self" else flat.unflatten(0, (-1, 2)).flip(1).flatten(0, 1)
+            key_mask = None
+            if mask is not None:
+                key_mask = (mask if kind == "self" else mask.flip(1)).flatten(0, 1)[:, None, None, :]
+            flat = flat + layer(flat, source, key_mask)
+        return flat.unflatten(0, (-1, 2))
+
+
+class _FinalProjection(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.final_proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_proj(x)
+
+
+# --------------------------------------------------------------------------- optimal transport
+
+
+def log_optimal_transport(scores: torch.Tensor, bin_score: torch.Tensor, mask0: torch.Tensor,
+                          mask1: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Log-space Sinkhorn with a dustbin row/column, per-pair marginals, padding ignored.
+
+    scores (B, L0, L1) float32, mask0 (B, L0) / mask1 (B, L1) bool. Returns (B, L0+1, L1+1) with the
+    dustbins last and -inf at padded entries; valid entries equal those of the unpadded problem.
+    """
+    b, l0, l1 = scores.shape
+    n, m = mask0.sum(1).to(scores), mask1.sum(1).to(scores)  # each pair's own N, M
+    alpha = bin_score.to(scores).expand(b, 1, 1)
+    couplings = torch.cat([torch.cat([scores, alpha.expand(b, l0, 1)], 2),
+                           torch.cat([alpha.expand(b, 1, l1), alpha], 2)], 1)
+    bins = mask0.new_ones(b, 1)
+    rows, cols = torch.cat([mask0, bins], 1), torch.cat([mask1, bins], 1)
+    couplings = couplings.masked_fill(~(rows[:, :, None] & cols[:, None, :]), -math.inf)
+
+    norm = -(n + m).log()  # mass 1/(N+M) per keypoint; the dustbins absorb the other image's count
+    log_mu = torch.cat([norm[:, None].expand(b, l0), (m.log() + norm)[:, None]], 1)
+    log_nu = torch.cat([norm[:, None].expand(b, l1), (n.log() + norm)[:, None]], 1)
+    u, v = torch.zeros_like(log_mu), torch.zeros_like(log_nu)
+    for _ in range(iterations):
+        # Padded rows/cols sum only -inf entries (LSE = -inf); pin their scaling to 0 so no inf/NaN
+        # leaks into valid entries (-inf coupling + 0 contributes exactly nothing).
+        u = torch.where(rows, log_mu - torch.logsumexp(couplings + v[:, None, :], 2), 0.0)
+        v = torch.where(cols, log_nu - torch.logsumexp(couplings + u[:, :, None], 1), 0.0)
+    return couplings + u[:, :, None] + v[:, None, :] - norm[:, None, None]  # probabilities * (N+M)
+
+
+# --------------------------------------------------------------------------- model
+
+
+class SuperGlue(nn.Module):
+    """SuperGlue matcher. Build with :meth:`from_pretrained` / :meth:`from_config`; inference only.
+
+    Weights stay float32; ``dtype`` float16/bfloat16 runs the encoder and GNN under autocast, while
+    the score matrix and Sinkhorn are always float32.
+    """
+
+    def __init__(self, arch: SuperGlueArchitecture = SuperGlueArchitecture(),
+                 config: SuperGlueConfig = SuperGlueConfig(), dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.arch, self.config, self.dtype = arch, config, dtype
+        self.keypoint_encoder = _KeypointEncoder(arch)
+        self.gnn = _AttentionalGNN(arch)
+        self.final_projection = _FinalProjection(arch.hidden_size)
+        self.bin_score = nn.Parameter(torch.tensor(1.0))
+        self.eval()
+
+    # ---- construction
+
+    @classmethod
+    def from_pretrained(cls, weights: str, revision: str = "", *, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32, **runtime_options: Any) -> "SuperGlue":
+        """Load from a hub repo id or local directory (config.json + model.safetensors).
+        ``runtime_options``: fields of :class:`SuperGlueConfig`."""
+        config = SuperGlueConfig(**runtime_options)
+        checkpoint = load_checkpoint(weights, revision, drop_prefixes=DROP_PREFIXES)
+        model = cls(SuperGlueArchitecture.from_json(checkpoint.config, weights), config, dtype)
+        load_into(model, checkpoint)
+        return model.to(resolve_device(device) if isinstance(device, str) else device)
+
+    @classmethod
+    def from_config(cls, config: MatcherConfig, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> "SuperGlue":
+        weights = dataclasses.replace(config, type="superglue").resolved_weights
+        return cls.from_pretrained(weights or DEFAULT_MATCHER_WEIGHTS["superglue"], config.revision,
+                                   device=device, dtype=dtype, sinkhorn_iterations=config.sinkhorn_iterations,
+                                   match_threshold=config.match_threshold)
+
+    def set_options(self, **runtime_options: Any) -> None:
+        """Change runtime options (validated), e.g. ``set_options(match_threshold=0.3)``."""
+        self.config = dataclasses.replace(self.config, **runtime_options)
+
+    @property
+    def device(self) -> torch.device:
+        return self.bin_score.device
+
+    # ---- tensor-level forward
+
+    def forward(self, keypoints: torch.Tensor, scores: torch.Tensor, descriptors: torch.Tensor,
+                image_sizes: torch.Tensor, mask: torch.Tensor | None = None) -> SuperGlueOutput:
+        """keypoints (B, 2, L, 2) pixels (x, y); scores (B, 2, L); descriptors (B, 2, L, C);
+        image_sizes (B, 2, 2) (width, height) per image; mask (B, 2, L) bool valid keypoints
+        (None = all). Index 1 of dim 1 is image0/image1. Needs >= 1 valid keypoint per image."""
+        size = image_sizes.to(keypoints)[:, :, None, :]
+        # Original normalisation: centre, divide by 0.7 * the image's longer side.
+        normalized = (keypoints - size / 2) / (0.7 * size.amax(-1, keepdim=True))
+        autocast = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32)
+        with autocast:
+            desc = descriptors + self.keypoint_encoder(normalized, scores)
+            desc = self.final_projection(self.gnn(desc, mask)).float()
+        sim = desc[:, 0] @ desc[:, 1].transpose(1, 2) / self.arch.hidden_size ** 0.5
+        b, _, length = scores.shape
+        mask = mask if mask is not None else torch.ones(b, 2, length, dtype=torch.bool, device=scores.device)
+        log_assignment = log_optimal_transport(sim, self.bin_score.float(), mask[:, 0], mask[:, 1],
+                                               self.config.sinkhorn_iterations)
+        return self._select(log_assignment, mask[:, 0], mask[:, 1])
+
+    def _select(self, log_assignment: torch.Tensor, mask0: torch.Tensor, mask1: torch.Tensor) -> SuperGlueOutput:
+        """Mutual best matches; keep those scoring above the threshold (original semantics)."""
+        inner = log_assignment[:, :-1, :-1]
+        max0, idx0 = inner.max(2)
+        idx1 = inner.max(1).indices
+        mutual0 = mask0 & (idx1.gather(1, idx0) == torch.arange(idx0.shape[1], device=idx0.device))
+        mutual1 = mask1 & (idx0.gather(1, idx1) == torch.arange(idx1.shape[1], device=idx1.device))
+        scores0 = torch.where(mutual0, max0.exp(), 0.0)
+        scores1 = torch.where(mutual1, scores0.gather(1, idx1), 0.0)
+        valid0 = mutual0 & (scores0 > self.config.match_threshold)
+        valid1 = mutual1 & valid0.gather(1, idx1)
+        return SuperGlueOutput(log_assignment, torch.where(valid0, idx0, -1), torch.where(valid1, idx1, -1),
+                               scores0, scores1, mask0, mask1)
+
+    # ---- Features API
+
+    def pad(self, feats0: Sequence[Features], feats1: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+        """Stack pairs into padded forward() inputs: keypoints, scores, descriptors, image_sizes, mask."""
+        images = [f for pair in zip(feats0, feats1) for f in pair]
+        length = max(len(f) for f in images)
+        dim = self.arch.hidden_size
+        kpts = torch.zeros(len(images), length, 2, device=self.device)
+        scores = torch.zeros(len(images), length, device=self.device)
+        desc = torch.zeros(len(images), length, dim, device=self.device)
+        mask = torch.zeros(len(images), length, dtype=torch.bool, device=self.device)
+        for i, f in enumerate(images):
+            if f.descriptors.shape[-1] != dim or not f.descriptors.is_floating_point():
+                raise ValueError(f"SuperGlue needs float descriptors of size {dim}, got "
+                                 f"{tuple(f.descriptors.shape)} {f.descriptors.dtype}")
+            n = len(f)
+            kpts[i, :n], scores[i, :n], desc[i, :n], mask[i, :n] = f.keypoints, f.scores, f.descriptors, True
+        sizes = torch.tensor([f.image_size for f in images], dtype=torch.float32, device=self.device)
+        return tuple(t.unflatten(0, (-1, 2)) for t in (kpts, scores, desc, sizes, mask))
+
+    @torch.inference_mode()
+    def match(self, feats0: Sequence[Features], feats1: Sequence[Features]) -> list[PairMatches]:
+        """Match pairs (feats0[k], feats1[k]) in one forward; each result equals the pair alone."""
+        if len(feats0) != len(feats1):
+            raise ValueError(f"match() needs as many image0 as image1 features ({len(feats0)} != {len(feats1)})")
+        results = [PairMatches.empty() for _ in feats0]
+        todo = [k for k, (f0, f1) in enumerate(zip(feats0, feats1)) if min(len(f0), len(f1)) >= MIN_KEYPOINTS]
+        if not todo:
+            return results
+        out = self(*self.pad([feats0[k] for k in todo], [feats1[k] for k in todo]))
+        matches0, scores0 = out.matches0.cpu().numpy(), out.scores0.cpu().numpy()
+        for row, k in enumerate(todo):
+            idx0 = np.flatnonzero(matches0[row] >= 0)
+            results[k] = PairMatches(np.stack([idx0, matches0[row, idx0]], 1).astype(np.int64),
+                                     scores0[row, idx0].astype(np.float32))
+        return results
+
+    def match_pair(self, feats0: Features, feats1: Features) -> PairMatches:
+        return self.match([feats0], [feats1])[0]

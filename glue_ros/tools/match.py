@@ -1,0 +1,103 @@
+"""glue-ros-match: match two images and write JSON and/or a picture.
+
+    glue-ros-match IMAGE0 IMAGE1 [--params-file FILE.yaml] [--set NAME=VALUE ...]
+                   [--json OUT.json] [--image OUT.png]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import CliError, add_param_args, params_from_args, run_cli
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read an image file as RGB (or mono) uint8; CliError naming the path if it cannot be read."""
+    import cv2
+
+    file = Path(path)
+    if not file.is_file():
+        raise CliError(f"image '{path}' does not exist")
+    image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise CliError(f"image '{path}' could not be decoded (not an image file?)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def match_images(image0: np.ndarray, image1: np.ndarray, params: dict) -> dict:
+    import torch
+
+    from .. import backends
+    from ..config import FrontEndConfig
+    from ..device import describe, resolve_device, resolve_dtype
+
+    config = FrontEndConfig.from_flat(params)
+    backends.check_compatible(config.extractor, config.matcher)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.precision, device)
+    extractor = backends.build_extractor(config.extractor, device, dtype)
+    matcher = backends.build_matcher(config.matcher, device, dtype)
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        features0, features1 = extractor.extract([image0, image1])
+        t1 = time.perf_counter()
+        pair = matcher.match([features0], [features1])[0]
+        t2 = time.perf_counter()
+    return {
+        "keypoints0": features0.keypoints_numpy().tolist(),
+        "keypoints1": features1.keypoints_numpy().tolist(),
+        "matches": pair.matches.astype(int).tolist(),
+        "scores": pair.scores.astype(float).tolist(),
+        "stop_layer": pair.stop_layer,
+        "pruned": [pair.pruned0, pair.pruned1],
+        "timing_ms": {"extract": (t1 - t0) * 1e3, "match": (t2 - t1) * 1e3},
+        "device": describe(device),
+        "precision": str(dtype).replace("torch.", ""),
+        "extractor": config.extractor.type,
+        "matcher": config.matcher.type,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="glue-ros-match", description=__doc__.splitlines()[0])
+    parser.add_argument("image0")
+    parser.add_argument("image1")
+    add_param_args(parser)
+    parser.add_argument("--json", metavar="OUT.json", help="write keypoints, matches, scores, timings")
+    parser.add_argument("--image", metavar="OUT.png", help="write a side-by-side picture of the matches")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        params = params_from_args(args)
+        image0, image1 = read_image(args.image0), read_image(args.image1)
+        result = match_images(image0, image1, params)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result))
+        if args.image:
+            import cv2
+
+            from ..viz import draw_side_by_side
+
+            m = np.asarray(result["matches"], np.int64).reshape(-1, 2)
+            k0 = np.asarray(result["keypoints0"], np.float32).reshape(-1, 2)
+            k1 = np.asarray(result["keypoints1"], np.float32).reshape(-1, 2)
+            picture = draw_side_by_side(image0, image1, k0[m[:, 0]], k1[m[:, 1]], np.asarray(result["scores"]),
+                                        k0, k1, f"{result['extractor']}+{result['matcher']}: {len(m)} matches")
+            if not cv2.imwrite(args.image, picture):
+                raise CliError(f"could not write picture '{args.image}'")
+        stop = f", stop layer {result['stop_layer']}" if result["stop_layer"] >= 0 else ""
+        print(f"{len(result['keypoints0'])} / {len(result['keypoints1'])} keypoints, {len(result['matches'])} "
+              f"matches{stop}; extract {result['timing_ms']['extract']:.1f} ms, match "
+              f"{result['timing_ms']['match']:.1f} ms on {result['device']} ({result['precision']})")
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
