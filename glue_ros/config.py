@@ -108,8 +108,6 @@ PARAMS: tuple[ParamSpec, ...] = (
        choices=("sensor_data", "reliable")),
     _p("input.queue_size", 1, "Frames waiting for the worker; the oldest is dropped (and counted) when full.",
        min=1, max=100),
-    _p("input.camera_info_slop_s", 0.0, "CameraInfo pairing: max stamp difference (seconds); "
-       "0 = exact stamp, else nearest within slop.", min=0.0, max=10.0),
     _p("output.features", False, "Publish ~/features (VINS-Fusion sensor_msgs/PointCloud)."),
     _p("output.frame_id", "", "Override the header frame_id of outputs (empty = the image's frame_id)."),
     _p("diagnostics.period_s", 1.0, "Diagnostics publishing period (seconds).", min=0.1, max=60.0),

@@ -1,0 +1,404 @@
+"""glue_ros_matcher: the rclpy node — a thin adapter over glue_ros.frontend.FrontEnd.
+
+Callbacks only enqueue messages (bounded queue, drop-oldest, every drop counted); one worker
+thread decodes the newest frame, runs the pipeline and publishes. Outputs carry the input image's
+stamp, never now(), so bag replay and use_sim_time work.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config import PARAMS, SPECS, FrontEndConfig, ParameterError, ParamSpec, coerce, validate
+
+NODE_NAME = "glue_ros_matcher"
+
+
+def stamp_to_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def camera_from_info(msg):
+    """sensor_msgs/CameraInfo → CameraModel (may be unusable: check .problem())."""
+    from ..geometry import CameraModel
+
+    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
+    if k.size != 9:
+        k = np.full(9, np.nan)
+    model = (msg.distortion_model or "none").strip() or "none"
+    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
+    if model in ("plumb_bob", "rational_polynomial") and d.size and not np.any(d):
+        model, d = "none", np.zeros(0)  # all-zero coefficients: skip undistortion
+    return CameraModel(K=k.reshape(3, 3), D=d, distortion_model=model, width=int(msg.width), height=int(msg.height))
+
+
+def camera_from_params(flat: dict):
+    from ..geometry import CameraModel
+
+    if flat["camera.fx"] <= 0 or flat["camera.fy"] <= 0:
+        return None
+    model = flat["camera.distortion_model"]
+    return CameraModel.from_intrinsics(flat["camera.fx"], flat["camera.fy"], flat["camera.cx"], flat["camera.cy"],
+                                       distortion_model=model,
+                                       D=() if model == "none" else tuple(flat["camera.distortion"]))
+
+
+class LatencyWindow:
+    """Stamp→publish latencies of the last N frames, for p50/p99."""
+
+    def __init__(self, size: int = 300):
+        self._values: collections.deque[float] = collections.deque(maxlen=size)
+
+    def add(self, value_ms: float) -> None:
+        self._values.append(value_ms)
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self._values, q)) if self._values else 0.0
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    processed: int = 0
+    dropped_queue: int = 0
+    rejected: collections.Counter = field(default_factory=collections.Counter)  # reason → count
+    resets: int = 0
+    keyframes: int = 0
+    camera_info_received: int = 0
+    errors: int = 0
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameter, missing weights, unusable device)."""
+
+
+def _descriptor(spec: ParamSpec):
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    notes = "restart required" if not spec.live else "can change at runtime"
+    if spec.choices:
+        notes += "; one of: " + ", ".join(map(str, spec.choices))
+    descriptor = ParameterDescriptor(description=spec.description, additional_constraints=notes)
+    if spec.type is float and spec.min is not None:
+        descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max),
+                                                              step=0.0)]
+    elif spec.type is int and spec.min is not None:
+        descriptor.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
+    return descriptor
+
+
+def _make_node_class():
+    """Defined lazily so `import glue_ros.ros.node` works without rclpy (e.g. for docs/tests)."""
+    import rclpy
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
+    from rcl_interfaces.msg import SetParametersResult
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+    from ..device import describe
+    from ..frontend import Frame, FrontEnd
+    from ..models.weights import WeightsError
+    from ..device import DeviceError
+    from . import image_codec, messages
+
+    class MatcherNode(Node):
+        def __init__(self, **kwargs):
+            super().__init__(NODE_NAME, **kwargs)
+            self.counters = Counters()
+            self.latency = LatencyWindow()
+            self.processing = LatencyWindow()
+            self._flat = self._declare_and_read_parameters()
+            self._last = {"keypoints": 0, "matches": 0, "inliers": 0, "stop_layer": -1}
+            self._rates = {"received": (time.monotonic(), 0), "processed": (time.monotonic(), 0)}
+            self._warned: set[str] = set()
+            try:
+                self.frontend = FrontEnd(FrontEndConfig.from_flat(self._flat),
+                                         on_reset=self._on_reset)
+            except (ParameterError, WeightsError, DeviceError) as exc:
+                raise StartupError(str(exc)) from None
+            self._pending_config: FrontEndConfig | None = None
+            self.types = messages.RclpyTypes()
+            self._fallback_camera = camera_from_params(self._flat)
+            self._cameras: collections.OrderedDict[int, object] = collections.OrderedDict()
+            self._latest_camera = None
+
+            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+            input_qos = qos_profile_sensor_data if self._flat["input.qos"] == "sensor_data" else reliable
+            if self._flat["input.compressed"]:
+                self.create_subscription(CompressedImage, "image/compressed",
+                                         lambda m: self._enqueue(m, "compressed"), input_qos)
+            else:
+                self.create_subscription(Image, "image", lambda m: self._enqueue(m, "raw"), input_qos)
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, input_qos)
+
+            out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+            self.pub_matches = self.create_publisher(self.types.get("sensor_msgs/msg/PointCloud2"), "~/matches",
+                                                     out_qos)
+            self.pub_pose = self.create_publisher(self.types.get("geometry_msgs/msg/PoseWithCovarianceStamped"),
+                                                  "~/relative_pose", out_qos)
+            self.pub_keyframes = self.create_publisher(self.types.get("sensor_msgs/msg/PointCloud2"),
+                                                       "~/keyframes", out_qos)
+            self.pub_features = (self.create_publisher(self.types.get("sensor_msgs/msg/PointCloud"), "~/features",
+                                                       out_qos) if self._flat["output.features"] else None)
+            self.pub_debug = self.create_publisher(Image, "~/debug_image", 2)
+            self.pub_diagnostics = self.create_publisher(self.types.get("diagnostic_msgs/msg/DiagnosticArray"),
+                                                         "/diagnostics", 10)
+            self.add_on_set_parameters_callback(self._on_set_parameters)
+
+            self._queue: collections.deque = collections.deque(maxlen=self._flat["input.queue_size"])
+            self._cond = threading.Condition()
+            self._stop = threading.Event()
+            self._worker = threading.Thread(target=self._work, name="glue_ros_worker", daemon=True)
+            self._worker.start()
+            self.create_timer(self._flat["diagnostics.period_s"], self._publish_diagnostics)
+            self.get_logger().info(
+                f"ready: {self.frontend.config.extractor.type} + {self.frontend.config.matcher.type} on "
+                f"{describe(self.frontend.device)} ({str(self.frontend.dtype).replace('torch.', '')}), "
+                f"input {'image/compressed' if self._flat['input.compressed'] else 'image'} "
+                f"({self._flat['input.qos']} QoS), queue {self._flat['input.queue_size']}")
+
+        # -------------------------------------------------------------- parameters
+
+        def _declare_and_read_parameters(self) -> dict:
+            from rclpy.exceptions import ParameterException
+
+            values = {}
+            for spec in PARAMS:
+                try:
+                    param = self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+                    values[spec.name] = param.value
+                except (ParameterException, TypeError, ValueError) as exc:
+                    raise StartupError(f"parameter '{spec.name}': {str(exc).splitlines()[0]}") from None
+            unknown = [name for name in self._parameter_overrides if name not in SPECS and name != "use_sim_time"]
+            if unknown:
+                self.get_logger().warning(f"ignoring unknown parameter(s): {', '.join(sorted(unknown))}")
+            try:
+                return validate(values)
+            except ParameterError as exc:
+                raise StartupError(str(exc)) from None
+
+        def _on_set_parameters(self, params):
+            changes = {}
+            for param in params:
+                spec = SPECS.get(param.name)
+                if spec is None:
+                    continue
+                try:
+                    value = coerce(spec, param.value)
+                except ParameterError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+                if value != self._flat[param.name] and not spec.live:
+                    return SetParametersResult(successful=False, reason=(
+                        f"parameter '{param.name}' cannot change while running (models/device/topics are set up "
+                        "at start): restart the node with the new value"))
+                changes[param.name] = value
+            if changes:
+                flat = dict(self._flat, **changes)
+                try:
+                    config = FrontEndConfig.from_flat(flat)
+                except ParameterError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+                self._flat = flat
+                self._pending_config = config  # applied by the worker between frames
+                self.get_logger().info("parameters updated: " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+            return SetParametersResult(successful=True)
+
+        # -------------------------------------------------------------- input
+
+        def _enqueue(self, msg, kind: str) -> None:
+            with self._cond:
+                self.counters.received += 1
+                if len(self._queue) == self._queue.maxlen:
+                    self.counters.dropped_queue += 1  # deque drops the oldest on append
+                self._queue.append((msg, kind, time.monotonic()))
+                self._cond.notify()
+
+        def _on_camera_info(self, msg) -> None:
+            self.counters.camera_info_received += 1
+            camera = camera_from_info(msg)
+            self._cameras[stamp_to_ns(msg.header.stamp)] = camera
+            while len(self._cameras) > 64:
+                self._cameras.popitem(last=False)
+            self._latest_camera = camera
+
+        def _camera_for(self, stamp_ns: int):
+            camera = self._cameras.get(stamp_ns) or self._latest_camera or self._fallback_camera
+            if camera is None:
+                self._warn_once("no_intrinsics", "no CameraInfo received and no camera.* parameters: "
+                                "matches are published, the relative pose is not")
+                return None
+            problem = camera.problem()
+            if problem:
+                self._reject("bad_camera_info", f"CameraInfo unusable ({problem}): pose unavailable for this frame")
+                return None
+            return camera
+
+        # -------------------------------------------------------------- worker
+
+        def _work(self) -> None:
+            while not self._stop.is_set():
+                with self._cond:
+                    while not self._queue and not self._stop.is_set():
+                        self._cond.wait(0.1)
+                    if self._stop.is_set():
+                        return
+                    msg, kind, received_at = self._queue.popleft()
+                try:
+                    self._process(msg, kind, received_at)
+                except Exception as exc:  # never let one frame kill the worker
+                    self.counters.errors += 1
+                    self._reject("error", f"frame failed: {type(exc).__name__}: {exc}")
+
+        def _process(self, msg, kind: str, received_at: float) -> None:
+            if self._pending_config is not None:
+                config, self._pending_config = self._pending_config, None
+                self.frontend.update_config(config)
+            stamp_ns = stamp_to_ns(msg.header.stamp)
+            try:
+                image = image_codec.decode_compressed(msg) if kind == "compressed" else image_codec.decode_image(msg)
+                image = image_codec.to_gray_or_rgb_uint8(image, getattr(msg, "encoding", "rgb8"))
+            except image_codec.ImageDecodeError as exc:
+                self._reject(exc.reason, f"image dropped: {exc}")
+                return
+            camera = self._camera_for(stamp_ns)
+            frame = Frame(image, stamp_ns, msg.header.frame_id, camera)
+            try:
+                result = self.frontend.process(frame)
+            except Exception as exc:
+                if _is_out_of_memory(exc):
+                    _free_device_memory()
+                    self._reject("out_of_memory", f"frame {image.shape[1]}x{image.shape[0]} dropped: out of memory")
+                    return
+                raise
+            if result.status not in ("ok", "no_features"):
+                self._reject(result.status, f"frame at {stamp_ns} ns dropped: {result.status}")
+                return
+            self._publish(result, msg.header, image, camera)
+            self.counters.processed += 1
+            self.processing.add((time.monotonic() - received_at) * 1e3)
+            self.latency.add((self.get_clock().now().nanoseconds - stamp_ns) * 1e-6)
+
+        def _publish(self, result, header, image, camera) -> None:
+            frame_id = self._flat["output.frame_id"] or header.frame_id
+            header = messages.make_header(self.types, result.stamp_ns, frame_id)
+            self.pub_matches.publish(messages.matches_cloud(result, self.types, header))
+            pose = result.pose
+            if pose is not None and pose.valid:
+                self.pub_pose.publish(messages.relative_pose(result, self.types, header))
+            if result.keyframe.is_keyframe:
+                self.counters.keyframes += 1
+                self.pub_keyframes.publish(messages.keyframe_cloud(result, self.types, header))
+            if self.pub_features is not None and camera is not None:
+                from ..geometry import normalize_points
+
+                self.pub_features.publish(messages.features_cloud(
+                    result, self.types, header, lambda pts: normalize_points(pts, camera)))
+            if self.pub_debug.get_subscription_count() > 0:
+                self.pub_debug.publish(messages.debug_image(result, image, self.types, header))
+            newest = result.matches[0] if result.matches else None
+            self._last = {"keypoints": len(result.keypoints), "matches": len(newest) if newest else 0,
+                          "inliers": int(newest.inliers.sum()) if newest else 0, "stop_layer": result.stop_layer}
+
+        # -------------------------------------------------------------- diagnostics & logging
+
+        def _on_reset(self, reason: str) -> None:
+            self.counters.resets += 1
+            self.get_logger().warning(f"keyframe buffer reset: {reason}")
+
+        def _reject(self, reason: str, text: str) -> None:
+            self.counters.rejected[reason] += 1
+            self.get_logger().warning(f"{text} [{reason}; {self.counters.rejected[reason]} so far]",
+                                      throttle_duration_sec=2.0)
+
+        def _warn_once(self, key: str, text: str) -> None:
+            if key not in self._warned:
+                self._warned.add(key)
+                self.get_logger().warning(text)
+
+        def _rate(self, key: str, count: int) -> float:
+            t0, c0 = self._rates[key]
+            now = time.monotonic()
+            self._rates[key] = (now, count)
+            return (count - c0) / max(now - t0, 1e-6)
+
+        def figures(self) -> dict:
+            c = self.counters
+            matches = self._last["matches"]
+            return {
+                "input_rate_hz": self._rate("received", c.received),
+                "processed_rate_hz": self._rate("processed", c.processed),
+                "frames_received": c.received, "frames_processed": c.processed,
+                "frames_dropped_queue": c.dropped_queue,
+                "frames_rejected": sum(c.rejected.values()),
+                **{f"rejected.{k}": v for k, v in sorted(c.rejected.items())},
+                "latency_p50_ms": self.latency.percentile(50), "latency_p99_ms": self.latency.percentile(99),
+                "processing_p50_ms": self.processing.percentile(50),
+                "processing_p99_ms": self.processing.percentile(99),
+                "keypoints": self._last["keypoints"], "matches": matches,
+                "inlier_ratio": self._last["inliers"] / matches if matches else 0.0,
+                "lightglue_stop_layer": self._last["stop_layer"],
+                "keyframes": c.keyframes, "resets": c.resets, "errors": c.errors,
+                "camera_info_received": c.camera_info_received,
+                "device": describe(self.frontend.device),
+            }
+
+        def _publish_diagnostics(self) -> None:
+            figures = self.figures()
+            stamp_ns = self.get_clock().now().nanoseconds
+            self.pub_diagnostics.publish(messages.diagnostics(figures, self.types, stamp_ns,
+                                                              name=f"{self.get_fully_qualified_name()}: front-end",
+                                                              hardware_id=figures["device"]))
+
+        def close(self) -> None:
+            self._stop.set()
+            with self._cond:
+                self._cond.notify_all()
+            self._worker.join(timeout=5.0)
+
+    return MatcherNode
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of `ros2 run glue_ros matcher_node` and of the venv's `matcher_node`."""
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    code = 0
+    try:
+        node = _make_node_class()()
+        rclpy.spin(node)
+    except StartupError as exc:
+        print(f"[{NODE_NAME}] error: {exc}", file=sys.stderr)
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""ros2 launch glue_ros matcher.launch.py [params_file:=...] [namespace:=...] [cameras:=cam0,cam1]
+    [image:=...] [camera_info:=...] [compressed:=true] [device:=cuda] [use_sim_time:=true] [log_level:=debug]
+
+The arguments become node invocations in glue_ros.ros.launch_args (shared with `glue-ros-launch`,
+the equivalent command for a pip venv without launch_ros).
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+from glue_ros.ros.launch_args import EXECUTABLE, LAUNCH_ARGUMENTS, PACKAGE, invocations
+
+
+def _matchers(context, *args, **kwargs):
+    values = {name: LaunchConfiguration(name).perform(context) for name in LAUNCH_ARGUMENTS}
+    return [
+        Node(
+            package=PACKAGE,
+            executable=EXECUTABLE,
+            name=inv.name,
+            namespace=inv.namespace,
+            parameters=[inv.params_file, inv.parameters] if inv.params_file else [inv.parameters],
+            remappings=inv.remappings,
+            arguments=["--ros-args", "--log-level", inv.log_level],
+            output="screen",
+            emulate_tty=True,
+        )
+        for inv in invocations(values)
+    ]
+
+
+def generate_launch_description():
+    declared = [DeclareLaunchArgument(name, default_value=default, description=description)
+                for name, (default, description) in LAUNCH_ARGUMENTS.items()]
+    return LaunchDescription(declared + [OpaqueFunction(function=_matchers)])
