@@ -186,7 +186,7 @@ class FrontEnd:
         for cam in (camera_kf, camera):
             problem = cam.problem()
             if problem:
-                return RelativePose(False, f"bad_intrinsics: {problem}", inliers=np.zeros(len(points_kf), bool),
+                return RelativePose(False, f"invalid_camera: {problem}", inliers=np.zeros(len(points_kf), bool),
                                     parallax_px=median_displacement(points_kf, points_frame))
         return estimate_relative_pose(points_kf, points_frame, camera_kf, camera, self.config.pose)
 
@@ -196,7 +196,7 @@ class FrontEnd:
             return self._new_keyframe(reason)
         newest = matched[0]
         pose = newest.pose
-        estimated = pose.reason not in ("no_intrinsics",) and not pose.reason.startswith("bad_intrinsics")
+        estimated = pose.reason not in ("no_intrinsics",) and not pose.reason.startswith("invalid_camera")
         signals = KeyframeSignals(
             num_matches=len(newest),
             inlier_ratio=(pose.num_inliers / max(len(newest), 1)) if estimated else None,

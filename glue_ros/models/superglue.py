@@ -9,14 +9,16 @@ keypoints come from our own extractor.
 
 Differences from transformers' implementation (we follow the original in each):
 
-* Scores of mutual matches below ``match_threshold``: the original keeps them in the dense
+* Scores of mutual matches at or below ``match_threshold``: the original keeps them in the dense
   per-keypoint scores (the match index is -1); transformers zeroes them. The *set* of matches is
-  the same, so :meth:`SuperGlue.match` is unaffected; :class:`SuperGlueOutput` keeps the original's
-  dense scores.
+  the same. :class:`SuperGlueOutput` keeps the original's dense scores; :meth:`SuperGlue.match`
+  returns only the matches (mutual and score > match_threshold), sorted by image0 index, with
+  score = exp(log-assignment), identical in both.
 * Batches with different keypoint counts: every pair's Sinkhorn uses its own marginals (N, M) and
-  ignores padding, so a batched pair equals the pair matched alone. transformers' padded path uses
-  the padded sizes as marginals.
-* Keypoints are normalised by each image's own size.
+  ignores padding, so a batched pair equals the pair matched alone. transformers' padded path keeps
+  the padded sizes as marginals and lets padding drain through the dustbins: same fixed point, but
+  a different result after a finite number of iterations.
+* Keypoints are normalised by each image's own size (transformers: one size for the whole batch).
 
 Head layout: the original splits the attention channels into heads as ``channel = d * heads + h``
 (interleaved); transformers' converter permuted the q/k/v rows and merge columns so that heads are
@@ -36,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import DEFAULT_MATCHER_WEIGHTS, MatcherConfig
+from ..config import MatcherConfig
 from ..device import resolve_device
 from ..features import Features, PairMatches
 from .weights import WeightsError, config_value, load_checkpoint, load_into
@@ -59,12 +61,14 @@ class SuperGlueArchitecture:
         model_type = config.get("model_type")
         if model_type not in (None, "superglue"):
             raise WeightsError(f"weights '{source}' are a '{model_type}' checkpoint, not superglue")
-        default = cls()
-        arch = cls(int(config_value(config, "hidden_size", default.hidden_size)),
-                   tuple(int(s) for s in config_value(config, "keypoint_encoder_sizes", default.keypoint_encoder_sizes)),
-                   tuple(config_value(config, "gnn_layers_types", default.gnn_layers_types)),
-                   int(config_value(config, "num_attention_heads", default.num_attention_heads)))
-        if arch.hidden_size % arch.num_attention_heads or not set(arch.gnn_layers_types) <= {"self", "cross"}:
+        get = lambda key: config_value(config, key, getattr(cls, key))  # noqa: E731  (class defaults)
+        try:
+            arch = cls(int(get("hidden_size")), tuple(int(s) for s in get("keypoint_encoder_sizes")),
+                       tuple(get("gnn_layers_types")), int(get("num_attention_heads")))
+        except (TypeError, ValueError) as exc:
+            raise WeightsError(f"weights '{source}': invalid config.json: {exc}") from None
+        if arch.num_attention_heads < 1 or arch.hidden_size % arch.num_attention_heads \
+                or not set(arch.gnn_layers_types) <= {"self", "cross"}:
             raise WeightsError(f"weights '{source}': unsupported config.json (hidden_size {arch.hidden_size}, "
                                f"num_attention_heads {arch.num_attention_heads}, gnn_layers_types "
                                f"{list(arch.gnn_layers_types)})")
@@ -147,6 +151,7 @@ class _MultiHeadAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
+        # attribute named "self" so that keys read attention.self.query like the checkpoint's
         setattr(self, "self", nn.ModuleDict({name: nn.Linear(dim, dim) for name in ("query", "key", "value")}))
         self.output = nn.ModuleDict({"dense": nn.Linear(dim, dim)})
 
@@ -265,9 +270,10 @@ class SuperGlue(nn.Module):
     @classmethod
     def from_config(cls, config: MatcherConfig, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> "SuperGlue":
+        # resolved_weights falls back to the default repo of the matcher type: ask for SuperGlue's
         weights = dataclasses.replace(config, type="superglue").resolved_weights
-        return cls.from_pretrained(weights or DEFAULT_MATCHER_WEIGHTS["superglue"], config.revision,
-                                   device=device, dtype=dtype, sinkhorn_iterations=config.sinkhorn_iterations,
+        return cls.from_pretrained(weights, config.revision, device=device, dtype=dtype,
+                                   sinkhorn_iterations=config.sinkhorn_iterations,
                                    match_threshold=config.match_threshold)
 
     def set_options(self, **runtime_options: Any) -> None:
@@ -284,7 +290,7 @@ class SuperGlue(nn.Module):
                 image_sizes: torch.Tensor, mask: torch.Tensor | None = None) -> SuperGlueOutput:
         """keypoints (B, 2, L, 2) pixels (x, y); scores (B, 2, L); descriptors (B, 2, L, C);
         image_sizes (B, 2, 2) (width, height) per image; mask (B, 2, L) bool valid keypoints
-        (None = all). Index 1 of dim 1 is image0/image1. Needs >= 1 valid keypoint per image."""
+        (None = all). Dim 1 indexes (image0, image1). Needs >= 1 valid keypoint per image."""
         size = image_sizes.to(keypoints)[:, :, None, :]
         # Original normalisation: centre, divide by 0.7 * the image's longer side.
         normalized = (keypoints - size / 2) / (0.7 * size.amax(-1, keepdim=True))

@@ -111,8 +111,13 @@ class _DescriptorHead(nn.Module):
 def nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
     """Max-pool non-maximum suppression of (B, H, W) scores, as in the original: keep local maxima,
     then twice re-admit maxima that appear once everything near a kept point is suppressed."""
+    size = 2 * radius + 1
+
     def pool(x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius)
+        # A square max-pool split into a row and a column pass: the same values (max is exact and
+        # associative), ~3x faster than the reference's 9x9 window on CPU.
+        x = F.max_pool2d(x, (1, size), stride=1, padding=(0, radius))
+        return F.max_pool2d(x, (size, 1), stride=1, padding=(radius, 0))
 
     keep = scores == pool(scores)
     for _ in range(2):
@@ -125,12 +130,12 @@ def nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
 def sample_descriptors(keypoints: torch.Tensor, dense: torch.Tensor, cell: int) -> torch.Tensor:
     """Bilinearly sample L2-normalised descriptors (N, D) from a (D, h, w) map at (N, 2) full-res
     pixel positions. The normalisation (x - cell/2 + 0.5) / (w*cell - cell/2 - 0.5) is the
-    original's: slightly off the exact cell-centre mapping, but the weights were trained with it."""
+    original's; the exact cell-centre mapping would divide by (w - 1) * cell. Kept for parity."""
     dim, h, w = dense.shape
     extent = keypoints.new_tensor([w * cell - cell / 2 - 0.5, h * cell - cell / 2 - 0.5])
     grid = (keypoints - cell / 2 + 0.5) / extent * 2 - 1
     sampled = F.grid_sample(dense[None], grid.view(1, 1, -1, 2), mode="bilinear", align_corners=True)
-    return F.normalize(sampled.reshape(dim, -1), p=2, dim=0).t()
+    return F.normalize(sampled.reshape(dim, -1), p=2, dim=0).t().contiguous()
 
 
 class SuperPoint(nn.Module):

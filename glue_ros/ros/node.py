@@ -15,37 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..config import PARAMS, SPECS, FrontEndConfig, ParameterError, ParamSpec, coerce, validate
+from .camera_info import camera_from_info, camera_from_params, stamp_to_ns
 
 NODE_NAME = "glue_ros_matcher"
-
-
-def stamp_to_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
-def camera_from_info(msg):
-    """sensor_msgs/CameraInfo → CameraModel (may be unusable: check .problem())."""
-    from ..geometry import CameraModel
-
-    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if k.size != 9:
-        k = np.full(9, np.nan)
-    model = (msg.distortion_model or "none").strip() or "none"
-    d = np.asarray(msg.d, dtype=np.float64).reshape(-1)
-    if model in ("plumb_bob", "rational_polynomial") and d.size and not np.any(d):
-        model, d = "none", np.zeros(0)  # all-zero coefficients: skip undistortion
-    return CameraModel(K=k.reshape(3, 3), D=d, distortion_model=model, width=int(msg.width), height=int(msg.height))
-
-
-def camera_from_params(flat: dict):
-    from ..geometry import CameraModel
-
-    if flat["camera.fx"] <= 0 or flat["camera.fy"] <= 0:
-        return None
-    model = flat["camera.distortion_model"]
-    return CameraModel.from_intrinsics(flat["camera.fx"], flat["camera.fy"], flat["camera.cx"], flat["camera.cy"],
-                                       distortion_model=model,
-                                       D=() if model == "none" else tuple(flat["camera.distortion"]))
 
 
 class LatencyWindow:
@@ -105,6 +77,7 @@ def _make_node_class():
     from ..models.weights import WeightsError
     from ..device import DeviceError
     from . import image_codec, messages
+    from .outputs import DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, frame_outputs
 
     class MatcherNode(Node):
         def __init__(self, **kwargs):
@@ -137,17 +110,15 @@ def _make_node_class():
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, input_qos)
 
             out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-            self.pub_matches = self.create_publisher(self.types.get("sensor_msgs/msg/PointCloud2"), "~/matches",
-                                                     out_qos)
-            self.pub_pose = self.create_publisher(self.types.get("geometry_msgs/msg/PoseWithCovarianceStamped"),
-                                                  "~/relative_pose", out_qos)
-            self.pub_keyframes = self.create_publisher(self.types.get("sensor_msgs/msg/PointCloud2"),
-                                                       "~/keyframes", out_qos)
-            self.pub_features = (self.create_publisher(self.types.get("sensor_msgs/msg/PointCloud"), "~/features",
-                                                       out_qos) if self._flat["output.features"] else None)
-            self.pub_debug = self.create_publisher(Image, "~/debug_image", 2)
-            self.pub_diagnostics = self.create_publisher(self.types.get("diagnostic_msgs/msg/DiagnosticArray"),
-                                                         "/diagnostics", 10)
+            suffixes = [k for k in OUTPUT_TOPICS if k != "features" or self._flat["output.features"]]
+            self.publishers_by_suffix = {
+                suffix: self.create_publisher(self.types.get(OUTPUT_TOPICS[suffix]), "~/" + suffix,
+                                              2 if suffix == "debug_image" else out_qos)
+                for suffix in suffixes}
+            self.pub_features = self.publishers_by_suffix.get("features")
+            self.pub_debug = self.publishers_by_suffix["debug_image"]
+            self.pub_diagnostics = self.create_publisher(self.types.get(DIAGNOSTICS_TOPIC[1]), DIAGNOSTICS_TOPIC[0],
+                                                         10)
             self.add_on_set_parameters_callback(self._on_set_parameters)
 
             self._queue: collections.deque = collections.deque(maxlen=self._flat["input.queue_size"])
@@ -284,22 +255,18 @@ def _make_node_class():
             self.latency.add((self.get_clock().now().nanoseconds - stamp_ns) * 1e-6)
 
         def _publish(self, result, header, image, camera) -> None:
-            frame_id = self._flat["output.frame_id"] or header.frame_id
-            header = messages.make_header(self.types, result.stamp_ns, frame_id)
-            self.pub_matches.publish(messages.matches_cloud(result, self.types, header))
-            pose = result.pose
-            if pose is not None and pose.valid:
-                self.pub_pose.publish(messages.relative_pose(result, self.types, header))
-            if result.keyframe.is_keyframe:
-                self.counters.keyframes += 1
-                self.pub_keyframes.publish(messages.keyframe_cloud(result, self.types, header))
+            normalizer = None
             if self.pub_features is not None and camera is not None:
                 from ..geometry import normalize_points
 
-                self.pub_features.publish(messages.features_cloud(
-                    result, self.types, header, lambda pts: normalize_points(pts, camera)))
-            if self.pub_debug.get_subscription_count() > 0:
-                self.pub_debug.publish(messages.debug_image(result, image, self.types, header))
+                normalizer = lambda pts: normalize_points(pts, camera)  # noqa: E731
+            want_debug = self.pub_debug.get_subscription_count() > 0  # drawn only when someone looks
+            frame_id = self._flat["output.frame_id"] or header.frame_id
+            for suffix, msg in frame_outputs(result, self.types, frame_id, normalizer=normalizer,
+                                             image=image if want_debug else None):
+                self.publishers_by_suffix[suffix].publish(msg)
+            if result.keyframe.is_keyframe:
+                self.counters.keyframes += 1
             newest = result.matches[0] if result.matches else None
             self._last = {"keypoints": len(result.keypoints), "matches": len(newest) if newest else 0,
                           "inliers": int(newest.inliers.sum()) if newest else 0, "stop_layer": result.stop_layer}

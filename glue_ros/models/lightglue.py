@@ -1,0 +1,506 @@
+"""Native LightGlue matcher for SuperPoint features (Lindenberger, Sarlin, Pollefeys, ICCV 2023).
+
+Weights use the Hugging Face layout of ``ETH-CVG/lightglue_superpoint`` (transformers'
+``LightGlueForKeypointMatching``): parameter names are exactly that model's. The hub repo also embeds
+a SuperPoint under ``keypoint_detector.*``; we drop those tensors on load
+(``load_checkpoint(..., drop_prefixes=("keypoint_detector.",))``) because features come from our own
+extractor. The architecture comes from ``config.json``; runtime options from :class:`LightGlueConfig`.
+
+Behaviour follows the original cvg/LightGlue code that trained the checkpoints: per-image keypoint
+normalisation, learnable Fourier rotary encoding, self + bidirectional cross attention, sigmoid
+matchability + double-softmax assignment, mutual-match filtering, adaptive depth (early exit) and
+width (point pruning). Differences, all deliberate:
+
+* Batches of pairs with different keypoint counts are padded and masked; each pair exits and prunes on
+  its own, so a batch gives the same result as matching each pair alone (the original prunes only
+  correctly with batch size 1; transformers 5.23 mixes up pairs, see test/test_lightglue.py).
+* Every on/off combination of early exit and pruning works (transformers 5.23 crashes on two).
+* The original skips pruning on CUDA below 1024 points (a speed heuristic);
+  ``pruning_min_keypoints`` reproduces it, the default (-1) always prunes like the original on CPU.
+* ``stop_layer`` is the number of layers run (the original says ``i + 1`` for a pair whose image ran
+  out of points, one more than it ran); a pair with an empty image reports 0.
+* Cross attention computes both directions with ``q_proj``/``k_proj``; with the released weights
+  (``q_proj == k_proj``, the original's shared ``to_qk``) this is exactly the original's
+  bidirectional block.
+* Under fp16/bf16 only the transformer layers run in autocast; the residual stream, confidence heads,
+  log-assignment and match extraction stay float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import MatcherConfig
+from ..features import Features, PairMatches
+from .weights import WeightsError, config_value, load_checkpoint, load_into
+
+DETECTOR_PREFIX = "keypoint_detector."
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class LightGlueConfig:
+    """Runtime options; they change no weights."""
+
+    depth_confidence: float = 0.95  # early exit once this share of points is confident; <= 0 (-1) disables
+    width_confidence: float = 0.99  # prune confident points with matchability <= 1 - this; <= 0 (-1) disables
+    filter_threshold: float = 0.1  # keep mutual matches scoring above this
+    pruning_min_keypoints: int = -1  # prune an image only while it has more points (original on CUDA: 1024)
+
+    def __post_init__(self):
+        for name in ("depth_confidence", "width_confidence"):
+            value = getattr(self, name)
+            if not (value <= 0 or 0 < value <= 1):
+                raise ValueError(f"LightGlue {name} must be in (0, 1] or <= 0 (disabled), got {value}")
+        if not 0 <= self.filter_threshold <= 1:
+            raise ValueError(f"LightGlue filter_threshold must be in [0, 1], got {self.filter_threshold}")
+
+    @property
+    def early_exit(self) -> bool:
+        return self.depth_confidence > 0
+
+    @property
+    def pruning(self) -> bool:
+        return self.width_confidence > 0
+
+
+@dataclass(frozen=True)
+class LightGlueArchitecture:
+    """Shape of the network, read from the checkpoint's config.json."""
+
+    input_dim: int = 256  # descriptor size of the features (the detector's descriptor_decoder_dim)
+    descriptor_dim: int = 256
+    num_layers: int = 9
+    num_heads: int = 4
+    intermediate_size: int = 512
+    attention_bias: bool = True
+
+    @property
+    def head_dim(self) -> int:
+        return self.descriptor_dim // self.num_heads
+
+    @classmethod
+    def from_config_json(cls, config: Mapping[str, Any], source: str = "") -> "LightGlueArchitecture":
+        def bad(why: str) -> WeightsError:
+            return WeightsError(f"weights '{source}': config.json {why}")
+
+        if config.get("model_type", "lightglue") != "lightglue":
+            raise bad(f"describes a '{config['model_type']}' model, not lightglue")
+        dim = int(config_value(config, "descriptor_dim", 256))
+        heads = int(config_value(config, "num_attention_heads", 4))
+        detector = config.get("keypoint_detector_config") or {}
+        arch = cls(input_dim=int(config_value(detector, "descriptor_decoder_dim", dim)), descriptor_dim=dim,
+                   num_layers=int(config_value(config, "num_hidden_layers", 9)), num_heads=heads,
+                   intermediate_size=int(config_value(config, "intermediate_size", 2 * dim)),
+                   attention_bias=bool(config_value(config, "attention_bias", True)))
+        if int(config_value(config, "hidden_size", dim)) != dim:
+            raise bad("hidden_size differs from descriptor_dim")
+        if int(config_value(config, "num_key_value_heads", heads)) != heads:
+            raise bad("uses grouped key/value heads, which LightGlue does not have")
+        if config_value(config, "hidden_act", "gelu") != "gelu":
+            raise bad(f"hidden_act '{config['hidden_act']}' is not supported (gelu)")
+        if dim % heads or arch.head_dim % 2 or arch.num_layers < 1:
+            raise bad(f"has descriptor_dim {dim} / {heads} heads / {arch.num_layers} layers, which do not fit")
+        return arch
+
+
+@dataclass
+class LightGlueOutput:
+    """Full-size results of :meth:`LightGlue.forward` (B pairs, M / N padded points per image)."""
+
+    matches0: torch.Tensor  # (B, M) int64 index into image1, -1 = unmatched
+    matches1: torch.Tensor  # (B, N) int64 index into image0, -1 = unmatched
+    matching_scores0: torch.Tensor  # (B, M) float32 score of the mutual best match (also below threshold)
+    matching_scores1: torch.Tensor  # (B, N)
+    # Log-assignment of the layer each pair stopped at, scattered back to full size: [:, :M, :N] point to
+    # point, last column / row = log P(unmatched). Entries of padded or pruned points are -inf.
+    log_assignment: torch.Tensor  # (B, M+1, N+1) float32
+    stop_layer: torch.Tensor  # (B,) int64 layers run (0 when an image has no keypoints)
+    layers0: torch.Tensor  # (B, M) int64 layers each point took part in (0 for padding)
+    layers1: torch.Tensor  # (B, N)
+    pruned0: torch.Tensor  # (B, M) bool, dropped before its pair stopped
+    pruned1: torch.Tensor  # (B, N)
+
+    def pair(self, k: int, num0: int) -> PairMatches:
+        """PairMatches of pair ``k`` whose image0 has ``num0`` keypoints."""
+        idx0 = torch.nonzero(self.matches0[k, :num0] >= 0).squeeze(1)
+        matches = torch.stack([idx0, self.matches0[k, idx0]], 1).cpu().numpy().astype(np.int64)
+        return PairMatches(matches, self.matching_scores0[k, idx0].cpu().numpy().astype(np.float32),
+                           stop_layer=int(self.stop_layer[k]), pruned0=int(self.pruned0[k].sum()),
+                           pruned1=int(self.pruned1[k].sum()))
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+class PositionalEncoder(nn.Module):
+    """Learnable Fourier features of normalised (x, y), used as rotary phases (one frequency per pair
+    of head channels)."""
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.projector = nn.Linear(2, head_dim // 2, bias=False)
+
+    def forward(self, keypoints: torch.Tensor) -> torch.Tensor:
+        return self.projector(keypoints).repeat_interleave(2, dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs (2j, 2j+1) of ``x`` by the phases; done in float32 (phases can be large)."""
+    x32 = x.float()
+    even, odd = x32.unflatten(-1, (-1, 2)).unbind(-1)
+    rotated = torch.stack((-odd, even), dim=-1).flatten(-2)
+    return (x32 * cos + rotated * sin).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of ``x`` over ``source``; padded/pruned keys are masked out."""
+
+    def __init__(self, dim: int, heads: int, bias: bool):
+        super().__init__()
+        self.heads = heads
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(dim, dim, bias=bias) for _ in range(4))
+
+    def forward(self, x: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (S, W, D) -> (S, heads, W, head_dim)
+            return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
+
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(source)), heads(self.v_proj(source))
+        if rope is not None:  # self attention only: relative positions through rotated queries and keys
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        # Key mask only: padded queries still see real keys, so no row is all -inf (no NaN).
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        return self.o_proj(context.transpose(1, 2).flatten(-2))
+
+
+class MessageMLP(nn.Module):
+    """Residual update from [state, message]: Linear -> LayerNorm -> GELU -> Linear."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(2 * dim, hidden)
+        self.layer_norm = nn.LayerNorm(hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.layer_norm(self.fc1(torch.cat([x, message], -1)))))
+
+
+class TransformerLayer(nn.Module):
+    """Self attention within each image, then cross attention between the two images of a pair."""
+
+    def __init__(self, arch: LightGlueArchitecture):
+        super().__init__()
+        dim, heads, bias = arch.descriptor_dim, arch.num_heads, arch.attention_bias
+        self.self_attention = Attention(dim, heads, bias)
+        self.self_mlp = MessageMLP(dim, arch.intermediate_size)
+        self.cross_attention = Attention(dim, heads, bias)
+        self.cross_mlp = MessageMLP(dim, arch.intermediate_size)
+
+    def forward(self, desc: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                active: torch.Tensor) -> torch.Tensor:
+        """desc (P, 2, W, D) of P pairs (image0, image1); active (P, 2, W) real, unpruned points."""
+        pairs, _, width, dim = desc.shape
+        x, mask = desc.reshape(2 * pairs, width, dim), active.reshape(2 * pairs, width)
+        x = x + self.self_mlp(x, self.self_attention(x, x, mask, rope))
+        # Swap image0/image1 so each image attends to the other one (both directions in one call).
+        other = x.unflatten(0, (pairs, 2)).flip(1).flatten(0, 1)
+        other_mask = active.flip(1).reshape(2 * pairs, width)
+        x = x + self.cross_mlp(x, self.cross_attention(x, other, other_mask))
+        return x.view(pairs, 2, width, dim)
+
+
+def log_double_softmax(sim: torch.Tensor, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+    """(P, M+1, N+1) log assignment: dual softmax of similarities + log matchability of both points;
+    the last column / row holds log P(unmatched) of image0 / image1 points."""
+    certainty = F.logsigmoid(z0)[:, :, None] + F.logsigmoid(z1)[:, None, :]
+    scores = F.pad(sim.log_softmax(2) + sim.log_softmax(1) + certainty, (0, 1, 0, 1))
+    scores[:, :-1, -1] = F.logsigmoid(-z0)
+    scores[:, -1, :-1] = F.logsigmoid(-z1)
+    return scores
+
+
+class MatchAssignment(nn.Module):
+    """Per-layer head: projected similarities and matchability -> log assignment."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.final_projection = nn.Linear(dim, dim)
+        self.matchability = nn.Linear(dim, 1)
+
+    def matchability_probability(self, desc: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.matchability(desc)).squeeze(-1)
+
+    def forward(self, desc: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """desc (P, 2, W, D) float32, active (P, 2, W) -> (P, W+1, W+1) float32."""
+        proj = self.final_projection(desc) / desc.shape[-1] ** 0.25
+        sim = proj[:, 0] @ proj[:, 1].transpose(-1, -2)
+        # A finite minimum (not -inf) gives padded entries probability 0 without NaN rows.
+        valid = active[:, 0, :, None] & active[:, 1, None, :]
+        sim = sim.masked_fill(~valid, torch.finfo(sim.dtype).min)
+        z = self.matchability(desc).squeeze(-1)
+        return log_double_softmax(sim, z[:, 0], z[:, 1])
+
+
+class TokenConfidence(nn.Module):
+    """Per-layer head predicting whether a point's match is already final (drives exit and pruning)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.token = nn.Linear(dim, 1)
+
+    def forward(self, desc: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.token(desc)).squeeze(-1)
+
+
+def mutual_matches(log_assignment: torch.Tensor, alive0: torch.Tensor, alive1: torch.Tensor,
+                   threshold: float) -> tuple[torch.Tensor, ...]:
+    """Mutual best matches of a (B, M+1, N+1) log assignment among the ``alive`` points.
+    Returns matches0, matches1 (-1 = none) and the scores of mutual best pairs."""
+    sim = log_assignment[:, :-1, :-1]
+    b, m, n = sim.shape
+    if m == 0 or n == 0:
+        return (sim.new_full((b, m), -1, dtype=torch.long), sim.new_full((b, n), -1, dtype=torch.long),
+                sim.new_zeros(b, m), sim.new_zeros(b, n))
+    best0, best1 = sim.max(2), sim.max(1)
+    m0, m1 = best0.indices, best1.indices
+    mutual0 = alive0 & (m1.gather(1, m0) == torch.arange(m, device=sim.device))
+    mutual1 = alive1 & (m0.gather(1, m1) == torch.arange(n, device=sim.device))
+    scores0 = torch.where(mutual0, best0.values.exp(), 0.0)
+    scores1 = torch.where(mutual1, scores0.gather(1, m1), 0.0)
+    valid0 = mutual0 & (scores0 > threshold)
+    valid1 = mutual1 & valid0.gather(1, m1)
+    return torch.where(valid0, m0, -1), torch.where(valid1, m1, -1), scores0, scores1
+
+
+@dataclass
+class _Working:
+    """Pairs still in the transformer, compacted: active points first (original order), then padding."""
+
+    pairs: torch.Tensor  # (P,) index in the input batch
+    desc: torch.Tensor  # (P, 2, W, D)
+    phases: torch.Tensor  # (P, 2, W, head_dim) rotary phases
+    index: torch.Tensor  # (P, 2, W) point index in its image, -1 = padding
+    active: torch.Tensor  # (P, 2, W)
+
+    def select(self, keep: torch.Tensor) -> "_Working":
+        return _Working(*(getattr(self, f.name)[keep] for f in dataclasses.fields(self)))
+
+    def compact(self) -> "_Working":
+        """Move active points to the front and trim the width to the largest active count, so pruning
+        actually saves compute."""
+        width = int(self.active.sum(-1).max()) if self.active.numel() else 0
+        if width == self.active.shape[-1]:
+            return self
+        order = torch.sort((~self.active).to(torch.uint8), dim=-1, stable=True).indices[..., :width]
+
+        def take(t: torch.Tensor) -> torch.Tensor:
+            return t.gather(2, order if t.dim() == 3 else order[..., None].expand(-1, -1, -1, t.shape[-1]))
+
+        return _Working(self.pairs, take(self.desc), take(self.phases), take(self.index), take(self.active))
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class LightGlue(nn.Module):
+    """LightGlue for SuperPoint features. Build with :meth:`from_pretrained` or :meth:`from_config`;
+    match with :meth:`match` (Features in, PairMatches out) or :meth:`forward` (tensors)."""
+
+    def __init__(self, arch: LightGlueArchitecture = LightGlueArchitecture(),
+                 config: LightGlueConfig = LightGlueConfig(), compute_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if compute_dtype not in _DTYPES:
+            raise ValueError(f"LightGlue dtype must be one of {_DTYPES}, got {compute_dtype}")
+        self.arch, self.config, self.compute_dtype = arch, config, compute_dtype
+        dim = arch.descriptor_dim
+        self.input_projection = nn.Linear(arch.input_dim, dim) if arch.input_dim != dim else nn.Identity()
+        self.positional_encoder = PositionalEncoder(arch.head_dim)
+        self.transformer_layers = nn.ModuleList(TransformerLayer(arch) for _ in range(arch.num_layers))
+        self.match_assignment_layers = nn.ModuleList(MatchAssignment(dim) for _ in range(arch.num_layers))
+        self.token_confidence = nn.ModuleList(TokenConfidence(dim) for _ in range(arch.num_layers - 1))
+        self.eval()
+
+    # ----------------------------------------------------------------- construction
+
+    @classmethod
+    def from_pretrained(cls, weights: str, revision: str = "", *, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32, **runtime_options: Any) -> "LightGlue":
+        """Load a hub repo id or local directory (config.json + model.safetensors). Runtime options
+        (LightGlueConfig fields) default to the checkpoint's config.json values. ``dtype`` is the
+        autocast precision of the transformer layers; parameters stay float32."""
+        checkpoint = load_checkpoint(weights, revision, drop_prefixes=(DETECTOR_PREFIX,))
+        arch = LightGlueArchitecture.from_config_json(checkpoint.config, weights)
+        stored = {f.name: checkpoint.config[f.name] for f in dataclasses.fields(LightGlueConfig)
+                  if checkpoint.config.get(f.name) is not None}
+        model = cls(arch, LightGlueConfig(**{**stored, **runtime_options}), dtype)
+        return load_into(model, checkpoint).to(device).eval()
+
+    @classmethod
+    def from_config(cls, config: MatcherConfig, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> "LightGlue":
+        if config.type != "lightglue":
+            raise ValueError(f"matcher.type is '{config.type}', not lightglue")
+        return cls.from_pretrained(config.resolved_weights, config.revision, device=device, dtype=dtype,
+                                   depth_confidence=config.depth_confidence,
+                                   width_confidence=config.width_confidence,
+                                   filter_threshold=config.filter_threshold)
+
+    def reconfigure(self, **changes: Any) -> "LightGlue":
+        """Change runtime options in place (e.g. a live filter_threshold)."""
+        self.config = dataclasses.replace(self.config, **changes)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.positional_encoder.projector.weight.device
+
+    # ----------------------------------------------------------------- adaptive depth and width
+
+    def confidence_threshold(self, layer_index: int) -> float:
+        """Token confidence above which a point counts as confident; strict early, 0.8 late."""
+        return float(min(max(0.8 + 0.1 * math.exp(-4.0 * layer_index / self.arch.num_layers), 0.0), 1.0))
+
+    def get_pruning_mask(self, confidences: torch.Tensor | None, matchability: torch.Tensor,
+                         layer_index: int) -> torch.Tensor:
+        """True = keep. Points go when confidently unmatchable: low matchability and (with early exit
+        on) a confident token; unconfident points are never pruned."""
+        keep = matchability > 1 - self.config.width_confidence
+        if confidences is not None:
+            keep |= confidences <= self.confidence_threshold(layer_index)
+        return keep
+
+    def check_if_stop(self, confidences: torch.Tensor, active: torch.Tensor, num_points: torch.Tensor,
+                      layer_index: int) -> torch.Tensor:
+        """(P,) True for pairs whose share of confident points exceeds depth_confidence. Pruned and
+        padded points count as confident; the share is over the pair's initial point count."""
+        unconfident = (confidences < self.confidence_threshold(layer_index)) & active
+        ratio_confident = 1.0 - unconfident.flatten(1).float().sum(1) / num_points
+        return ratio_confident > self.config.depth_confidence
+
+    # ----------------------------------------------------------------- matching
+
+    @torch.inference_mode()
+    def forward(self, keypoints0: torch.Tensor, keypoints1: torch.Tensor, descriptors0: torch.Tensor,
+                descriptors1: torch.Tensor, image_size0: torch.Tensor, image_size1: torch.Tensor,
+                mask0: torch.Tensor | None = None, mask1: torch.Tensor | None = None) -> LightGlueOutput:
+        """Match B pairs in one pass. keypoints (B, M|N, 2) pixels (x, y); descriptors (B, M|N, input_dim);
+        image_size (B, 2) as (width, height); masks (B, M|N) bool, True = real point (None = all)."""
+        device, arch = self.device, self.arch
+        b, m, n = keypoints0.shape[0], keypoints0.shape[1], keypoints1.shape[1]
+        p = max(m, n)
+        mask0 = torch.ones(b, m, dtype=torch.bool, device=device) if mask0 is None else mask0.to(device, torch.bool)
+        mask1 = torch.ones(b, n, dtype=torch.bool, device=device) if mask1 is None else mask1.to(device, torch.bool)
+
+        def stack(t0: torch.Tensor, t1: torch.Tensor) -> torch.Tensor:  # -> (B, 2, P, ...) padded
+            pad = [(0, 0) * (t0.dim() - 2) + (0, p - t.shape[1]) for t in (t0, t1)]
+            return torch.stack([F.pad(t0, pad[0]), F.pad(t1, pad[1])], 1)
+
+        valid = stack(mask0, mask1)
+        kpts = stack(keypoints0.to(device, torch.float32), keypoints1.to(device, torch.float32))
+        sizes = torch.stack([image_size0, image_size1], 1).to(device, torch.float32)  # (B, 2, 2)
+        kpts = (kpts - sizes[:, :, None] / 2) / (sizes.max(-1).values[:, :, None, None] / 2)
+        desc = stack(descriptors0.to(device, torch.float32), descriptors1.to(device, torch.float32))
+
+        num_points = valid.flatten(1).sum(1)  # initial counts: the stop ratio's denominator
+        runnable = valid.any(-1).all(-1)  # both images have keypoints
+        index = torch.where(valid, torch.arange(p, device=device), -1)
+        st = _Working(torch.arange(b, device=device), desc, self.positional_encoder(kpts), index, valid)
+        st = st.select(runnable).compact()
+
+        la_buffer = torch.full((b, m + 2, n + 2), -math.inf, device=device)  # + a junk row/col for padding
+        stop_layer = torch.zeros(b, dtype=torch.long, device=device)
+        layers = torch.zeros(b * 2 * p, dtype=torch.long, device=device)  # flat (B, 2, P)
+        has_assignment = torch.zeros(b, dtype=torch.bool, device=device)
+        side = torch.arange(2, device=device)[None, :, None]
+
+        def finish(st: _Working, stop: torch.Tensor, layer_index: int, assign: bool) -> _Working:
+            """Freeze the ``stop`` pairs: store their log assignment at this layer, drop them."""
+            done = st.select(stop)
+            stop_layer[done.pairs] = layer_index + 1
+            if assign and len(done.pairs):
+                la = self.match_assignment_layers[layer_index](done.desc.float(), done.active)
+                junk_and_dustbin = torch.tensor([m + 1, n + 1], device=device)[None, :, None]
+                rows_cols = torch.where(done.active, done.index, junk_and_dustbin)
+                rows = F.pad(rows_cols[:, 0], (0, 1), value=m)
+                cols = F.pad(rows_cols[:, 1], (0, 1), value=n)
+                la_buffer[done.pairs[:, None, None], rows[:, :, None], cols[:, None, :]] = la
+                has_assignment[done.pairs] = True
+            return st.select(~stop)
+
+        with torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            st.desc = self.input_projection(st.desc)
+        for i, layer in enumerate(self.transformer_layers):
+            if not len(st.pairs):
+                break
+            rope = tuple(f(st.phases).flatten(0, 1)[:, None] for f in (torch.cos, torch.sin))
+            with torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+                st.desc = layer(st.desc, rope, st.active).float()
+            layers[((st.pairs[:, None, None] * 2 + side) * p + st.index)[st.active]] += 1
+            last = i == arch.num_layers - 1
+            stop = torch.full_like(st.pairs, last, dtype=torch.bool)
+            confidences = None
+            if not last and self.config.early_exit:
+                confidences = self.token_confidence[i](st.desc)
+                stop = self.check_if_stop(confidences, st.active, num_points[st.pairs], i)
+            if stop.any():
+                if confidences is not None:
+                    confidences = confidences[~stop]
+                st = finish(st, stop, i, assign=True)
+            if not last and self.config.pruning and len(st.pairs):
+                matchability = self.match_assignment_layers[i].matchability_probability(st.desc)
+                keep = self.get_pruning_mask(confidences, matchability, i)
+                eligible = st.active.sum(-1, keepdim=True) > self.config.pruning_min_keypoints
+                st.active = st.active & (keep | ~eligible)
+                emptied = ~st.active.any(-1).any(-1)  # an image lost all points: nothing left to match
+                if emptied.any():
+                    st = finish(st, emptied, i, assign=False)
+                st = st.compact()
+
+        layers = layers.view(b, 2, p)
+        present = valid & (layers == stop_layer[:, None, None]) & has_assignment[:, None, None]
+        log_assignment = la_buffer[:, : m + 1, : n + 1]
+        m0, m1, s0, s1 = mutual_matches(log_assignment, present[:, 0, :m], present[:, 1, :n],
+                                        self.config.filter_threshold)
+        pruned = valid & (layers < stop_layer[:, None, None])
+        return LightGlueOutput(m0, m1, s0, s1, log_assignment, stop_layer, layers[:, 0, :m], layers[:, 1, :n],
+                               pruned[:, 0, :m], pruned[:, 1, :n])
+
+    def forward_features(self, feats0: Sequence[Features], feats1: Sequence[Features]) -> LightGlueOutput:
+        """Full tensor results for pairs (feats0[k], feats1[k]), padded to the largest keypoint counts."""
+        if len(feats0) != len(feats1) or not feats0:
+            raise ValueError(f"need pairs: {len(feats0)} image0 and {len(feats1)} image1 features")
+        (k0, d0, s0, m0), (k1, d1, s1, m1) = self._collate(feats0), self._collate(feats1)
+        return self.forward(k0, k1, d0, d1, s0, s1, m0, m1)
+
+    def match(self, feats0: Sequence[Features], feats1: Sequence[Features]) -> list[PairMatches]:
+        """Match pairs (feats0[k], feats1[k]) in one batched forward; results equal matching each pair
+        alone. Typical use: K keyframes against the current frame repeated K times."""
+        if not feats0 and not feats1:
+            return []
+        out = self.forward_features(feats0, feats1)
+        return [out.pair(k, len(f)) for k, f in enumerate(feats0)]
+
+    def _collate(self, feats: Sequence[Features]) -> tuple[torch.Tensor, ...]:
+        """Pad to the largest keypoint count: keypoints, descriptors, image sizes, masks."""
+        device, dim = self.device, self.arch.input_dim
+        count = max(len(f) for f in feats)
+        kpts = torch.zeros(len(feats), count, 2, device=device)
+        desc = torch.zeros(len(feats), count, dim, device=device)
+        mask = torch.zeros(len(feats), count, dtype=torch.bool, device=device)
+        for k, f in enumerate(feats):
+            if len(f) and f.descriptors.shape[-1] != dim:
+                raise ValueError(f"LightGlue expects {dim}-d descriptors, got {f.descriptors.shape[-1]}-d")
+            kpts[k, : len(f)] = f.keypoints.to(device, torch.float32).reshape(-1, 2)
+            desc[k, : len(f)] = f.descriptors.to(device, torch.float32).reshape(len(f), dim)
+            mask[k, : len(f)] = True
+        sizes = torch.tensor([f.image_size for f in feats], dtype=torch.float32, device=device)
+        return kpts, desc, sizes, mask

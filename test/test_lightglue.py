@@ -1,0 +1,548 @@
+"""Native LightGlue vs transformers' LightGlueForKeypointMatching (random non-degenerate weights).
+
+With random weights neither early exit nor pruning ever fires, so some tests rescale the token
+confidence and matchability heads ("forcing"): the exit then happens at a known layer and a known set
+of points is pruned. Known deviations of transformers 5.23 from the original cvg/LightGlue are each
+pinned by a test showing the reference's behaviour next to ours; elsewhere the reference is patched
+(deviation 2) or used in an equivalent configuration (deviations 3, 4).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glue_ros.config import MatcherConfig
+from glue_ros.features import Features
+from glue_ros.models.lightglue import LightGlue, LightGlueConfig
+from glue_ros.models.weights import WeightsError
+
+HUB_ID = "ETH-CVG/lightglue_superpoint"
+OFF = dict(depth_confidence=-1, width_confidence=-1)
+ON = dict(depth_confidence=0.95, width_confidence=0.99)
+SILENT = -100.0  # token bias: never confident, so no exit and no pruning at that layer
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def synth_pair(n0: int, n1: int, seed: int, size0=(640, 480), size1=(640, 480)) -> tuple[Features, Features]:
+    """Random keypoints; image1 holds a rescaled, jittered view of 60 % of its points from image0 with
+    noisy copies of their (L2-normalised) descriptors, so real mutual matches exist."""
+    g = torch.Generator().manual_seed(seed)
+    lim0, lim1 = torch.tensor(size0, dtype=torch.float32) - 1, torch.tensor(size1, dtype=torch.float32) - 1
+    k0 = torch.rand(n0, 2, generator=g) * lim0
+    d0 = F.normalize(torch.randn(n0, 256, generator=g), dim=-1)
+    shared = min(int(0.6 * n1), n0)
+    src = torch.randperm(n0, generator=g)[:shared]
+    k1 = torch.cat([k0[src] * lim1 / lim0 + 3 * torch.randn(shared, 2, generator=g),
+                    torch.rand(n1 - shared, 2, generator=g) * lim1])
+    k1 = torch.minimum(k1.clamp(min=0), lim1)
+    d1 = F.normalize(torch.cat([d0[src] + 0.3 * torch.randn(shared, 256, generator=g),
+                                torch.randn(n1 - shared, 256, generator=g)]), dim=-1)
+    perm = torch.randperm(n1, generator=g)
+    return (Features(k0, torch.rand(n0, generator=g), d0, size0),
+            Features(k1[perm], torch.rand(n1, generator=g), d1[perm], size1))
+
+
+def permuted(f: Features, i: int, j: int) -> Features:
+    order = torch.arange(len(f))
+    order[[i, j]] = order[[j, i]]
+    return Features(f.keypoints[order], f.scores[order], f.descriptors[order], f.image_size)
+
+
+# --------------------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint_dirs):
+    return LightGlue.from_pretrained(str(checkpoint_dirs["lightglue"]), filter_threshold=0.0)
+
+
+@pytest.fixture
+def ours(loaded):
+    return copy.deepcopy(loaded)  # tests change options and heads freely
+
+
+@pytest.fixture
+def reference(reference_models):
+    return copy.deepcopy(reference_models["lightglue"])
+
+
+def fixed_final_pruning(self, indices, matches, matching_scores, num_keypoints):
+    """transformers' _do_final_keypoint_pruning without deviation 2: padding slots (index -1) are skipped
+    instead of being written onto the last keypoint."""
+    pairs = indices.shape[0] // 2
+    indices, matches, matching_scores = (t.reshape(pairs, 2, -1) for t in (indices, matches, matching_scores))
+    out = torch.full((pairs, 2, num_keypoints), -1, dtype=matches.dtype)
+    out_scores = torch.zeros((pairs, 2, num_keypoints), dtype=matching_scores.dtype)
+    for k in range(pairs):
+        for side in (0, 1):
+            keep = indices[k, side] >= 0
+            mine, other = indices[k, side][keep], indices[k, 1 - side]
+            partner = matches[k, side][keep]
+            out[k, side, mine] = torch.where(partner < 0, -1, other.gather(0, partner.clamp(min=0)))
+            out_scores[k, side, mine] = matching_scores[k, side][keep]
+    return out, out_scores
+
+
+def in_frame(f: Features, size) -> torch.Tensor:
+    """f's keypoints moved so that normalising them by ``size`` gives what normalising by f's own size
+    gives (transformers normalises both images by one size)."""
+    own, target = torch.tensor(f.image_size, dtype=torch.float32), torch.tensor(size, dtype=torch.float32)
+    return (f.keypoints - own / 2) / (own.max() / 2) * (target.max() / 2) + target / 2
+
+
+def run_reference(ref, pairs, *, depth, width, threshold=0.0, patched=True) -> list[dict]:
+    """transformers' _match_image_pair on padded pairs (image sizes of the first image0)."""
+    ref.depth_confidence, ref.width_confidence, ref.filter_threshold = depth, width, threshold
+    if patched:
+        ref._do_final_keypoint_pruning = fixed_final_pruning.__get__(ref)
+    size = pairs[0][0].image_size
+    n = max(len(f) for pair in pairs for f in pair)
+    kpts, desc = torch.zeros(len(pairs), 2, n, 2), torch.zeros(len(pairs), 2, n, 256)
+    mask = torch.zeros(len(pairs), 2, n, dtype=torch.int)
+    for k, pair in enumerate(pairs):
+        for side, f in enumerate(pair):
+            kpts[k, side, : len(f)], desc[k, side, : len(f)] = in_frame(f, size), f.descriptors
+            mask[k, side, : len(f)] = 1
+    assignments = []
+    hooks = [head.register_forward_hook(lambda module, args, out: assignments.append(out))
+             for head in ref.match_assignment_layers]
+    try:
+        with torch.no_grad():
+            matches, scores, prune, *_ = ref._match_image_pair(kpts, desc, size[1], size[0], mask=mask)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    matches, scores = matches.reshape(len(pairs), 2, n), scores.reshape(len(pairs), 2, n)  # deviation 4
+    out = []
+    for k, (f0, f1) in enumerate(pairs):
+        n0, n1 = len(f0), len(f1)
+        out.append(dict(matches0=matches[k, 0, :n0], matches1=matches[k, 1, :n1], scores0=scores[k, 0, :n0],
+                        scores1=scores[k, 1, :n1], prune0=prune[k, 0, :n0], prune1=prune[k, 1, :n1],
+                        log_assignment=assignments[-1][k] if len(pairs) == 1 else None))
+    return out
+
+
+# --------------------------------------------------------------------------- forcing exit and pruning
+
+
+def token_threshold(model: LightGlue, layer: int, t: float) -> None:
+    """Token head at ``layer`` calls a point confident iff its logit w.x exceeds t."""
+    thr = model.confidence_threshold(layer)
+    model.token_confidence[layer].token.bias.fill_(math.log(thr / (1 - thr)) - t)
+
+
+def constant_head(linear: torch.nn.Linear, bias: float) -> None:
+    linear.weight.zero_()
+    linear.bias.fill_(bias)
+
+
+def capture_token_logits(model: LightGlue, layer: int, run) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token logits w.x (bias removed) and the active mask at ``layer`` during run(), in the working layout
+    (pairs still running, image0/image1, points: in input order as long as nothing was pruned before)."""
+    seen = {}
+    head = model.token_confidence[layer].token
+    hook = head.register_forward_hook(lambda module, args, out: seen.update(z=out.squeeze(-1) - module.bias))
+    check = model.check_if_stop
+
+    def spy(confidences, active, num_points, layer_index):
+        if layer_index == layer:
+            seen["active"] = active.clone()
+        return check(confidences, active, num_points, layer_index)
+
+    model.check_if_stop = spy
+    try:
+        run()
+    finally:
+        hook.remove()
+        del model.check_if_stop
+    return seen["z"], seen["active"]
+
+
+def split(values: torch.Tensor, lo: float, hi: float, margin: float = 1e-3) -> float:
+    """A threshold in the widest gap between sorted values within [lo, hi]; asserts it is clear of them."""
+    v = values.double().sort().values
+    v = v[(v >= lo) & (v <= hi)]
+    j = int(torch.argmax(v[1:] - v[:-1])) + 1
+    t = float(v[j - 1] + v[j]) / 2
+    assert (values.double() - t).abs().min() > margin, "forcing setup: threshold too close to a logit"
+    return t
+
+
+def force_prune_and_exit(model: LightGlue, f0: Features, f1: Features, prune_layer=2, exit_layer=5,
+                         share=0.3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make the ``share`` of points with the highest token logits after ``prune_layer`` confident and
+    unmatchable (pruned), and every point confident after ``exit_layer`` (exit there). Returns the
+    expected pruned masks of image0 and image1."""
+    with torch.no_grad():
+        for head in model.token_confidence:
+            head.token.bias.fill_(SILENT)
+        constant_head(model.token_confidence[exit_layer].token, 20.0)
+        z, active = capture_token_logits(model, prune_layer, lambda: model.forward_features([f0], [f1]))
+        values = z[active].sort().values
+        cut = int((1 - share) * len(values))
+        t = split(values, values[cut - 3], values[cut + 3])
+        token_threshold(model, prune_layer, t)
+        constant_head(model.match_assignment_layers[prune_layer].matchability, -6.0)  # sigmoid -> 0.0025
+    return z[0, 0, : len(f0)] > t, z[0, 1, : len(f1)] > t
+
+
+def stop_threshold(z: torch.Tensor, active: torch.Tensor, num_points: list[int]) -> float:
+    """Token-logit threshold at which exactly one of the running pairs (the most confident) exits:
+    pair k exits iff fewer than 5 % of its initial points are unconfident (logit < t)."""
+    limits = []
+    for k, n in enumerate(num_points):
+        allowed = (5 * n - 1) // 100  # largest count u with u / n < 0.05
+        limits.append(float(z[k][active[k]].sort().values[allowed]))
+    ranked = sorted(limits)
+    return split(z[active], ranked[-2] if len(ranked) > 1 else ranked[-1] - 1, ranked[-1])
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def forward_pair(model: LightGlue, f0: Features, f1: Features):
+    return model.forward_features([f0], [f1])
+
+
+def assert_log_assignment_close(ours_la: torch.Tensor, ref_la: torch.Tensor, keep0: torch.Tensor,
+                                keep1: torch.Tensor, rtol: float = 1e-4) -> None:
+    """Ours (full size, -inf for pruned) vs the reference's (surviving points first, padded, dustbin last)."""
+    rows, cols = torch.nonzero(keep0).squeeze(1), torch.nonzero(keep1).squeeze(1)
+    mine = ours_la[torch.cat([rows, torch.tensor([len(keep0)])])][:, torch.cat([cols, torch.tensor([len(keep1)])])]
+    ref_rows = torch.cat([torch.arange(len(rows)), torch.tensor([ref_la.shape[0] - 1])])
+    ref_cols = torch.cat([torch.arange(len(cols)), torch.tensor([ref_la.shape[1] - 1])])
+    theirs = ref_la[ref_rows][:, ref_cols]
+    assert torch.isfinite(mine).all()
+    assert (mine - theirs).abs().max() <= rtol * theirs.abs().max()
+    # Random weights give few mutual matches, so also compare every point's best candidate.
+    assert torch.equal(mine[:-1, :-1].argmax(1), theirs[:-1, :-1].argmax(1))
+    assert torch.equal(mine[:-1, :-1].argmax(0), theirs[:-1, :-1].argmax(0))
+
+
+def assert_same_as_reference(out, ref: dict, keep0=None, keep1=None) -> None:
+    n0, n1 = len(ref["matches0"]), len(ref["matches1"])
+    assert torch.equal(out.matches0[0, :n0], ref["matches0"].long())
+    assert torch.equal(out.matches1[0, :n1], ref["matches1"].long())
+    torch.testing.assert_close(out.matching_scores0[0, :n0], ref["scores0"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.matching_scores1[0, :n1], ref["scores1"], atol=1e-5, rtol=0)
+    keep0 = torch.ones(n0, dtype=torch.bool) if keep0 is None else keep0
+    keep1 = torch.ones(n1, dtype=torch.bool) if keep1 is None else keep1
+    if ref["log_assignment"] is not None:
+        assert_log_assignment_close(out.log_assignment[0], ref["log_assignment"], keep0, keep1)
+
+
+def assert_same_pairs(batched, singles, counts) -> None:
+    """Batched output rows equal the single-pair outputs (on each pair's own points)."""
+    for k, (single, (n0, n1)) in enumerate(zip(singles, counts)):
+        assert torch.equal(batched.matches0[k, :n0], single.matches0[0, :n0])
+        assert torch.equal(batched.matches1[k, :n1], single.matches1[0, :n1])
+        torch.testing.assert_close(batched.matching_scores0[k, :n0], single.matching_scores0[0, :n0],
+                                   atol=1e-5, rtol=0)
+        assert batched.stop_layer[k] == single.stop_layer[0]
+        assert torch.equal(batched.pruned0[k, :n0], single.pruned0[0, :n0])
+        assert torch.equal(batched.pruned1[k, :n1], single.pruned1[0, :n1])
+        assert torch.equal(batched.layers0[k, :n0], single.layers0[0, :n0])
+        la, la1 = batched.log_assignment[k], single.log_assignment[0]
+        rows, cols = list(range(n0)) + [la.shape[0] - 1], list(range(n1)) + [la.shape[1] - 1]
+        mine, theirs = la[rows][:, cols], la1[rows][:, cols]
+        finite = torch.isfinite(theirs)
+        assert torch.equal(finite, torch.isfinite(mine))
+        if finite.any():
+            assert (mine[finite] - theirs[finite]).abs().max() <= 1e-4 * theirs[finite].abs().max()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def test_state_dict_is_transformers_minus_detector(loaded, reference_models):
+    theirs = {k: v.shape for k, v in reference_models["lightglue"].state_dict().items()
+              if not k.startswith("keypoint_detector.")}
+    assert {k: v.shape for k, v in loaded.state_dict().items()} == theirs
+
+
+def test_loads_hub_id_offline_and_from_matcher_config(offline_hub, loaded):
+    model = LightGlue.from_pretrained(HUB_ID, depth_confidence=-1)
+    assert model.config == LightGlueConfig(depth_confidence=-1)  # others from config.json (= defaults)
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    cfg = MatcherConfig(depth_confidence=0.9, width_confidence=-1, filter_threshold=0.3)
+    model = LightGlue.from_config(cfg, "cpu", torch.float32)
+    assert model.config == LightGlueConfig(0.9, -1, 0.3) and model.compute_dtype == torch.float32
+    with pytest.raises(ValueError, match="superglue"):
+        LightGlue.from_config(MatcherConfig(type="superglue"))
+
+
+def test_rejects_wrong_checkpoint_and_options(checkpoint_dirs):
+    with pytest.raises(WeightsError, match="superpoint"):
+        LightGlue.from_pretrained(str(checkpoint_dirs["superpoint"]))
+    with pytest.raises(ValueError, match="filter_threshold"):
+        LightGlueConfig(filter_threshold=1.5)
+    with pytest.raises(TypeError):
+        LightGlue.from_pretrained(str(checkpoint_dirs["lightglue"]), sinkhorn_iterations=3)
+
+
+# --------------------------------------------------------------------------- parity with transformers
+
+
+@pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
+def test_parity_with_reference(ours, reference, options):
+    f0, f1 = synth_pair(384, 320, seed=1)
+    out = forward_pair(ours.reconfigure(**options), f0, f1)
+    ref = run_reference(reference, [(f0, f1)], depth=options["depth_confidence"],
+                        width=options["width_confidence"])[0]
+    assert_same_as_reference(out, ref)
+    assert (out.matches0 >= 0).sum() >= 1
+    # Random weights: neither mechanism fires (hence the forcing tests below).
+    assert out.stop_layer.item() == 9 and not out.pruned0.any() and not out.pruned1.any()
+
+
+@pytest.mark.parametrize("sizes", [((640, 480), (1280, 720)), ((320, 240), (480, 640))], ids=str)
+def test_parity_with_very_different_image_sizes(ours, reference, sizes):
+    f0, f1 = synth_pair(256, 300, seed=2, size0=sizes[0], size1=sizes[1])
+    out = forward_pair(ours.reconfigure(**ON), f0, f1)
+    ref = run_reference(reference, [(f0, f1)], depth=0.95, width=0.99)[0]
+    assert_same_as_reference(out, ref)
+
+
+def test_forced_exit_and_pruning_match_patched_reference(ours, reference):
+    f0, f1 = synth_pair(320, 288, seed=3)
+    expect0, expect1 = force_prune_and_exit(ours.reconfigure(**ON), f0, f1, prune_layer=2, exit_layer=5)
+    out = forward_pair(ours, f0, f1)
+    assert out.stop_layer.item() == 6
+    assert torch.equal(out.pruned0[0], expect0) and torch.equal(out.pruned1[0], expect1)
+    assert 0.2 < (expect0.sum() + expect1.sum()) / (len(f0) + len(f1)) < 0.4
+    assert (out.layers0[0][expect0] == 3).all() and (out.layers0[0][~expect0] == 6).all()
+    assert (out.log_assignment[0, :-1][expect0] == -math.inf).all()
+    assert not ((out.matches0[0] >= 0) & expect0).any()  # pruned points never match
+
+    reference.load_state_dict(ours.state_dict(), strict=False)  # same forced heads
+    ref = run_reference(reference, [(f0, f1)], depth=0.95, width=0.99)[0]
+    assert_same_as_reference(out, ref, ~expect0, ~expect1)
+    # transformers counts the layers a point took part in the same way.
+    assert torch.equal(ref["prune0"].long(), out.layers0[0]) and torch.equal(ref["prune1"].long(), out.layers1[0])
+
+
+def test_pruning_min_keypoints_prunes_only_larger_images(ours):
+    f0, f1 = synth_pair(320, 180, seed=4)
+    expect0, expect1 = force_prune_and_exit(ours.reconfigure(**ON), f0, f1)
+    assert expect1.any()
+    out = forward_pair(ours.reconfigure(pruning_min_keypoints=200), f0, f1)
+    assert torch.equal(out.pruned0[0], expect0) and not out.pruned1.any()
+
+
+# --------------------------------------------------------------------------- deviations of transformers 5.23
+
+
+def test_deviation2_reference_drops_last_keypoint_after_pruning(ours, reference):
+    """After pruning, transformers scatters the padding slots of the image with fewer survivors onto its
+    last keypoint (index -1), so keypoint N-1 loses its match while its partner still points at it."""
+    f0, f1 = synth_pair(300, 300, seed=5)
+    expect0, expect1 = force_prune_and_exit(ours.reconfigure(**ON), f0, f1)
+    assert expect0.sum() != expect1.sum()
+    side = 0 if expect0.sum() > expect1.sum() else 1  # the image with fewer survivors
+    out = forward_pair(ours, f0, f1)
+    mine = (out.matches0 if side == 0 else out.matches1)[0]
+    j = int(torch.nonzero(mine >= 0)[-1])  # a matched survivor; move it to the last index
+    pair = [f0, f1]
+    pair[side] = permuted(pair[side], j, 299)
+    out = forward_pair(ours, *pair)
+    mine, partners = (out.matches0, out.matches1) if side == 0 else (out.matches1, out.matches0)
+    partner = int(mine[0, 299])
+    assert partner >= 0 and partners[0, partner] == 299  # ours: consistent
+
+    reference.load_state_dict(ours.state_dict(), strict=False)
+    ref = run_reference(reference, [tuple(pair)], depth=0.95, width=0.99, patched=False)[0]
+    theirs, their_partners = (ref["matches0"], ref["matches1"]) if side == 0 else (ref["matches1"], ref["matches0"])
+    assert theirs[299] == -1 and their_partners[partner] == 299  # reference: keypoint 299 lost its match
+    assert torch.equal(theirs[:299].long(), mine[0, :299])  # everything else agrees
+    ref = run_reference(reference, [tuple(pair)], depth=0.95, width=0.99, patched=True)[0]
+    assert torch.equal(ref["matches0" if side == 0 else "matches1"].long(), mine[0])
+
+
+def test_deviation3_early_exit_only(ours, reference):
+    """transformers: early exit on + pruning off raises RuntimeError. Ours runs; it equals the reference
+    with pruning on but unable to fire (width_confidence=1: keep every matchability > 0)."""
+    f0, f1 = synth_pair(300, 260, seed=6)
+    with torch.no_grad():
+        for head in ours.token_confidence:
+            head.token.bias.fill_(SILENT)
+        constant_head(ours.token_confidence[3].token, 20.0)
+    out = forward_pair(ours.reconfigure(depth_confidence=0.95, width_confidence=-1), f0, f1)
+    assert out.stop_layer.item() == 4 and (out.layers0[0] == 4).all() and not out.pruned0.any()
+
+    reference.load_state_dict(ours.state_dict(), strict=False)
+    with pytest.raises(RuntimeError):
+        run_reference(reference, [(f0, f1)], depth=0.95, width=-1)
+    ref = run_reference(reference, [(f0, f1)], depth=0.95, width=1.0)[0]
+    assert (ref["prune0"] == 4).all()  # it stopped after layer 4 too
+    assert_same_as_reference(out, ref)
+
+
+def test_deviation3_pruning_only(ours, reference):
+    """transformers: early exit off + pruning on raises UnboundLocalError. Ours prunes on matchability
+    alone (as the original without token confidences); it equals the reference with early exit on but
+    unable to fire (depth_confidence=1) and every token confident (so only matchability decides)."""
+    f0, f1 = synth_pair(300, 260, seed=7)
+    ours.reconfigure(depth_confidence=-1, width_confidence=0.99)
+    layer, seen = 2, {}
+    head = ours.match_assignment_layers[layer].matchability
+    hook = head.register_forward_hook(lambda m, a, o: seen.setdefault("z", o.squeeze(-1) - m.bias))
+    forward_pair(ours, f0, f1)
+    hook.remove()
+    z = seen["z"][0]
+    values = torch.cat([z[0, : len(f0)], z[1, : len(f1)]]).sort().values
+    cut = int(0.3 * len(values))
+    t = split(values, values[cut - 3], values[cut + 3])
+    with torch.no_grad():  # matchability > 1 - 0.99 iff logit > t
+        head.bias.fill_(math.log((1 - 0.99) / 0.99) - t)
+    expect0, expect1 = z[0, : len(f0)] < t, z[1, : len(f1)] < t
+    out = forward_pair(ours, f0, f1)
+    assert out.stop_layer.item() == 9
+    assert torch.equal(out.pruned0[0], expect0) and torch.equal(out.pruned1[0], expect1)
+
+    reference.load_state_dict(ours.state_dict(), strict=False)
+    with pytest.raises(UnboundLocalError):
+        run_reference(reference, [(f0, f1)], depth=-1, width=0.99)
+    with torch.no_grad():
+        for head in reference.token_confidence:
+            constant_head(head.token, 20.0)
+    ref = run_reference(reference, [(f0, f1)], depth=1.0, width=0.99)[0]
+    assert_same_as_reference(out, ref, ~expect0, ~expect1)
+
+
+def test_deviation4_reference_shape_with_adaptive_off(ours, reference):
+    """transformers with both mechanisms off returns matches shaped (2B, N) instead of (B, 2, N)."""
+    pairs = [synth_pair(200, 180, seed=8), synth_pair(150, 200, seed=9)]
+    reference.depth_confidence, reference.width_confidence, reference.filter_threshold = -1, -1, 0.0
+    kpts = torch.stack([torch.stack([F.pad(f.keypoints, (0, 0, 0, 200 - len(f))) for f in p]) for p in pairs])
+    desc = torch.stack([torch.stack([F.pad(f.descriptors, (0, 0, 0, 200 - len(f))) for f in p]) for p in pairs])
+    mask = torch.stack([torch.stack([torch.arange(200) < len(f) for f in p]) for p in pairs]).int()
+    with torch.no_grad():
+        matches, scores, prune, *_ = reference._match_image_pair(kpts, desc, 480, 640, mask=mask)
+    assert matches.shape == (4, 200) and scores.shape == (4, 200) and prune.shape == (2, 2, 200)
+    out = ours.reconfigure(**OFF).forward_features([p[0] for p in pairs], [p[1] for p in pairs])
+    assert out.matches0.shape == (2, 200) and out.matches1.shape == (2, 200)
+    assert torch.equal(matches.reshape(2, 2, 200)[:, 0], out.matches0)
+    assert torch.equal(matches.reshape(2, 2, 200)[:, 1], out.matches1)
+
+
+def test_reference_mixes_up_pairs_that_exit_at_different_layers(ours, reference):
+    """Found beyond the listed deviations: transformers 5.23 reorders early-exited pairs with
+    ``indices[indices]`` instead of the inverse permutation, so when pair 1 exits before pair 0 the two
+    pairs' results are swapped. Ours keeps each pair's own result."""
+    pairs = [synth_pair(260, 240, seed=10), synth_pair(260, 240, seed=11)]
+    feats0, feats1 = [p[0] for p in pairs], [p[1] for p in pairs]
+    ours.reconfigure(**ON)
+    with torch.no_grad():
+        for head in ours.token_confidence:
+            head.token.bias.fill_(SILENT)
+        z, active = capture_token_logits(ours, 1, lambda: ours.forward_features(feats0, feats1))
+        token_threshold(ours, 1, stop_threshold(z, active, [500, 500]))
+    out = ours.forward_features(feats0, feats1)
+    first = int(torch.argmin(out.stop_layer))
+    assert sorted(out.stop_layer.tolist()) == [2, 9]
+    if first == 0:  # make pair 1 the one that exits first
+        pairs, out = pairs[::-1], ours.forward_features(feats0[::-1], feats1[::-1])
+    singles = [forward_pair(ours, *p) for p in pairs]
+    assert_same_pairs(out, singles, [(260, 240)] * 2)
+
+    reference.load_state_dict(ours.state_dict(), strict=False)
+    ref = run_reference(reference, pairs, depth=0.95, width=0.99)
+    for k in (0, 1):
+        assert not torch.equal(ref[k]["matches0"].long(), singles[k].matches0[0])
+        assert torch.equal(ref[k]["matches0"].long(), singles[1 - k].matches0[0])  # swapped
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def keyframes_and_current():
+    counts = [(317, 281), (203, 281), (262, 281)]  # totals not multiples of 20 (exact 5 % limits)
+    pairs = [synth_pair(n0, 281, seed=20 + k) for k, (n0, _) in enumerate(counts)]
+    current = pairs[0][1]
+    keyframes = [p[0] for p in pairs]
+    return keyframes, current, counts
+
+
+@pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
+def test_batched_equals_single_pairs(ours, options):
+    keyframes, current, counts = keyframes_and_current()
+    ours.reconfigure(**options)
+    batched = ours.forward_features(keyframes, [current] * 3)
+    singles = [forward_pair(ours, kf, current) for kf in keyframes]
+    assert_same_pairs(batched, singles, counts)
+    for pm, single, kf in zip(ours.match(keyframes, [current] * 3), singles, keyframes):
+        assert pm.matches.tolist() == single.pair(0, len(kf)).matches.tolist()
+
+
+def test_batched_forced_exits_at_different_layers_and_pruning(ours):
+    keyframes, current, counts = keyframes_and_current()
+    ours.reconfigure(**ON)
+
+    def run():
+        return ours.forward_features(keyframes, [current] * 3)
+
+    with torch.no_grad():
+        for head in ours.token_confidence:
+            head.token.bias.fill_(SILENT)
+        # Layer 0: the top 25 % of token logits are confident and pruned (matchability ~ 0.0025).
+        z, active = capture_token_logits(ours, 0, run)
+        values = z[active].sort().values
+        cut = int(0.75 * len(values))
+        token_threshold(ours, 0, split(values, values[cut - 3], values[cut + 3]))
+        constant_head(ours.match_assignment_layers[0].matchability, -6.0)
+        # Layers 1 and 3: the most confident running pair exits (stop layers 2 and 4), the last runs to 9.
+        for layer in (1, 3):
+            running = [k for k, s in enumerate(run().stop_layer.tolist()) if s > layer]
+            z, active = capture_token_logits(ours, layer, run)
+            token_threshold(ours, layer, stop_threshold(z, active, [counts[k][0] + counts[k][1] for k in running]))
+    batched = run()
+    assert sorted(batched.stop_layer.tolist()) == [2, 4, 9]
+    assert (batched.pruned0.sum(1) > 0).all() and (batched.pruned1.sum(1) > 0).all()
+    singles = [forward_pair(ours, kf, current) for kf in keyframes]
+    assert_same_pairs(batched, singles, counts)
+    for pm, single, kf in zip(ours.match(keyframes, [current] * 3), singles, keyframes):
+        alone = single.pair(0, len(kf))
+        assert pm.matches.tolist() == alone.matches.tolist() and len(pm) > 0
+        assert (pm.stop_layer, pm.pruned0, pm.pruned1) == (alone.stop_layer, alone.pruned0, alone.pruned1)
+        assert abs(pm.scores - alone.scores).max() <= 1e-5
+
+
+# --------------------------------------------------------------------------- edge cases and precision
+
+
+def test_empty_and_tiny_inputs(ours):
+    a, b = synth_pair(150, 120, seed=30)
+    one0, one1 = synth_pair(1, 1, seed=31)
+    empty = Features.empty((640, 480))
+    cases = [(empty, b), (a, empty), (empty, empty), (one0, one1), (one0, b), (a, b)]
+    ours.reconfigure(**ON)
+    results = ours.match([c[0] for c in cases], [c[1] for c in cases])
+    for pm in results[:3]:
+        assert len(pm) == 0 and pm.matches.shape == (0, 2) and pm.stop_layer == 0
+    assert len(results[3]) <= 1 and results[3].stop_layer == 9
+    assert len(results[4]) <= 1
+    for (f0, f1), pm in zip(cases, results):
+        alone = ours.match([f0], [f1])[0]
+        assert pm.matches.tolist() == alone.matches.tolist() and pm.stop_layer == alone.stop_layer
+    assert [len(pm) for pm in ours.match([empty], [empty])] == [0]
+    assert ours.match([], []) == []
+    with pytest.raises(ValueError):
+        ours.match([a], [])
+
+
+def test_bf16_mostly_agrees_with_fp32(ours):
+    f0, f1 = synth_pair(384, 352, seed=40)
+    fp32 = ours.reconfigure(**OFF).match([f0], [f1])[0]
+    ours.compute_dtype = torch.bfloat16
+    bf16 = ours.match([f0], [f1])[0]
+    a, b = set(map(tuple, fp32.matches.tolist())), set(map(tuple, bf16.matches.tolist()))
+    agreement = len(a & b) / max(len(a), len(b))
+    print(f"bf16 vs fp32: {len(a)} / {len(b)} matches, agreement {agreement:.3f}")
+    assert len(a) >= 5 and agreement >= 0.5

@@ -1,0 +1,383 @@
+"""glue_ros.ros.messages: the message contract, built with rclpy AND rosbags classes, serialised,
+deserialised and decoded back exactly."""
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from glue_ros.results import FrameResult, KeyframeDecision, KeyframeMatches, RelativePose
+from glue_ros.ros.image_codec import decode_image
+from glue_ros.ros.messages import (DIAGNOSTIC_NAME, ERROR, KEYFRAME_FIELDS, MATCH_FIELDS, MAX_EXACT_TRACK_ID, OK,
+                                   WARN, DiagnosticThresholds, RclpyTypes, RosbagsTypes, build_debug_image,
+                                   build_diagnostics, build_features, build_keyframe, build_matches,
+                                   build_relative_pose, decode_diagnostics, decode_features, decode_keyframe,
+                                   decode_matches, decode_relative_pose, diagnostic_level, factory_for, make_cloud,
+                                   ns_to_stamp, pose_keyframe, quaternion_to_rotation, read_points,
+                                   rotation_to_quaternion)
+
+STAMP = 1_700_000_123_000_000_999
+KF_STAMPS = (1_700_000_122_999_999_999, 1_700_000_100_000_000_000)
+FX, FY, CX, CY = 500.0, 400.0, 320.0, 240.0
+
+
+def rot(axis, angle):
+    axis = np.asarray(axis, float) / np.linalg.norm(axis)
+    K = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
+
+
+def make_result(rng=None, *, valid=True, keyframe=True, counts=(37, 11)) -> FrameResult:
+    rng = rng or np.random.default_rng(7)
+    n = 60
+    keypoints = (rng.random((n, 2)) * [640, 480]).astype(np.float32)
+    track_ids = np.arange(n, dtype=np.int64) + 1000
+    track_ids[0] = MAX_EXACT_TRACK_ID  # the largest exactly representable id
+    track_ids[1] = 2 ** 24 + 5  # wraps in the VINS float32 channel
+    track_ids[-1] = -1  # an untracked keypoint (not published in ~/features)
+    matches = []
+    for i, (m, kf_stamp) in enumerate(zip(counts, KF_STAMPS)):
+        inliers = rng.random(m) > 0.3
+        cov = rng.standard_normal((6, 6))
+        pose = RelativePose(valid=valid, reason="ok" if valid else "too_few_inliers",
+                            rotation=rot(rng.standard_normal(3), 0.3 + i), translation=np.array([0.6, -0.0, 0.8]),
+                            inliers=inliers, num_inliers=int(inliers.sum()), covariance=cov @ cov.T)
+        idx = np.stack([rng.permutation(200)[:m], rng.permutation(n)[:m]], axis=1).astype(np.int64)
+        matches.append(KeyframeMatches(
+            keyframe_id=41 - 3 * i, keyframe_stamp_ns=kf_stamp, matches=idx,
+            scores=rng.random(m).astype(np.float32), points_keyframe=(rng.random((m, 2)) * 640).astype(np.float32),
+            points_frame=keypoints[idx[:, 1]], track_ids=track_ids[idx[:, 1]], inliers=inliers, pose=pose))
+    return FrameResult(
+        stamp_ns=STAMP, frame_id="camera_optical", image_size=(640, 480), keypoints=keypoints,
+        keypoint_scores=rng.random(n).astype(np.float32), track_ids=track_ids,
+        track_velocities=(rng.standard_normal((n, 2)) * 30).astype(np.float32), matches=matches,
+        keyframe=KeyframeDecision(keyframe, "parallax" if keyframe else "", 42 if keyframe else 41))
+
+
+def enable_rclpy_field_checks():
+    """Turn on the generated classes' type checks (as ROS_PYTHON_CHECK_FIELDS=1 would): numpy
+    scalars, wrong array types and missing fields then fail loudly."""
+    for pkg in ("builtin_interfaces", "std_msgs", "sensor_msgs", "geometry_msgs", "diagnostic_msgs"):
+        importlib.import_module(f"{pkg}.msg")
+    patched = []
+    for name, module in list(sys.modules.items()):
+        if re.fullmatch(r"\w+\.msg\._\w+", name) and hasattr(module, "ros_python_check_fields"):
+            patched.append((module, module.ros_python_check_fields))
+            module.ros_python_check_fields = "1"
+    return patched
+
+
+@pytest.fixture(scope="module", params=["rclpy", "rosbags"])
+def factory(request):
+    if request.param == "rosbags":
+        yield RosbagsTypes()
+        return
+    patched = enable_rclpy_field_checks()
+    yield RclpyTypes()
+    for module, value in patched:
+        module.ros_python_check_fields = value
+
+
+def wire(factory, msg, type_name):
+    """Serialise and deserialise with the factory's own machinery (rclpy: serialize_message)."""
+    data = factory.serialize(msg)
+    assert isinstance(data, bytes) and len(data) > 4
+    return factory.deserialize(data, type_name)
+
+
+def expected_matches(result):
+    rows = []
+    for rank, km in enumerate(result.matches):
+        for j in range(len(km)):
+            rows.append((km.points_frame[j], km.points_keyframe[j], km.scores[j], km.track_ids[j], km.inliers[j],
+                         km.keyframe_stamp_ns, km.keyframe_id, km.matches[j, 1], km.matches[j, 0], rank))
+    return rows
+
+
+# --------------------------------------------------------------------------- ~/matches
+
+
+def test_matches_round_trip(factory):
+    result = make_result()
+    msg = build_matches(factory, result)
+    assert msg.height == 1 and msg.width == 48 and msg.is_dense and not msg.is_bigendian
+    assert [f.name for f in msg.fields] == [name for name, _ in MATCH_FIELDS]
+    assert msg.point_step == 50 and msg.row_step == 50 * 48
+    back = decode_matches(wire(factory, msg, "sensor_msgs/msg/PointCloud2"))
+    assert back.stamp_ns == STAMP and back.frame_id == "camera_optical" and len(back) == 48
+    exp = expected_matches(result)
+    np.testing.assert_array_equal(back.points, np.array([r[0] for r in exp]))
+    np.testing.assert_array_equal(back.keyframe_points, np.array([r[1] for r in exp]))
+    np.testing.assert_array_equal(back.scores, np.array([r[2] for r in exp], np.float32))
+    np.testing.assert_array_equal(back.track_ids, np.array([r[3] for r in exp], np.int64))
+    assert back.track_ids.max() == MAX_EXACT_TRACK_ID
+    np.testing.assert_array_equal(back.inliers, np.array([r[4] for r in exp]))
+    np.testing.assert_array_equal(back.keyframe_stamp_ns, np.array([r[5] for r in exp], np.int64))
+    np.testing.assert_array_equal(back.keyframe_ids, np.array([r[6] for r in exp]))
+    np.testing.assert_array_equal(back.kp_indices, np.array([r[7] for r in exp]))
+    np.testing.assert_array_equal(back.kf_kp_indices, np.array([r[8] for r in exp]))
+    np.testing.assert_array_equal(back.kf_rank, np.array([r[9] for r in exp]))
+    first = back.for_keyframe(41)
+    np.testing.assert_array_equal(first.matches, result.matches[0].matches)
+    assert set(first.keyframe_stamp_ns.tolist()) == {KF_STAMPS[0]}
+
+
+def test_empty_frame(factory):
+    result = make_result(keyframe=True)
+    result.matches = []  # first frame / after a reset
+    msg = build_matches(factory, result)
+    assert msg.width == 0 and len(msg.data) == 0
+    back = decode_matches(wire(factory, msg, "sensor_msgs/msg/PointCloud2"))
+    assert len(back) == 0 and back.stamp_ns == STAMP and back.points.shape == (0, 2)
+    assert build_relative_pose(factory, result) is None
+
+
+def test_flavours_are_wire_compatible():
+    # Each flavour's CDR bytes decode identically with the other (padding bytes may differ).
+    result = make_result()
+    a, b = RclpyTypes(), RosbagsTypes()
+    for build, type_name in ((build_matches, "sensor_msgs/msg/PointCloud2"),
+                             (build_relative_pose, "geometry_msgs/msg/PoseWithCovarianceStamped")):
+        wa, wb = a.serialize(build(a, result)), b.serialize(build(b, result))
+        assert len(wa) == len(wb)
+        ma, mb = b.deserialize(wa, type_name), a.deserialize(wb, type_name)
+        if type_name.endswith("PointCloud2"):
+            assert bytes(ma.data) == bytes(mb.data)
+            assert decode_matches(ma).stamp_ns == decode_matches(mb).stamp_ns == STAMP
+        else:
+            for x, y in zip(decode_relative_pose(ma), decode_relative_pose(mb)):
+                np.testing.assert_array_equal(x, y)
+
+
+# --------------------------------------------------------------------------- ~/relative_pose
+
+
+def test_relative_pose_round_trip_and_pairing(factory):
+    result = make_result()
+    msg = build_relative_pose(factory, result)
+    assert msg.header.frame_id == "camera_optical"
+    back = wire(factory, msg, "geometry_msgs/msg/PoseWithCovarianceStamped")
+    stamp, R, t, cov = decode_relative_pose(back)
+    pose = result.pose
+    assert stamp == STAMP
+    np.testing.assert_allclose(R, pose.rotation, atol=1e-14)
+    np.testing.assert_array_equal(t, pose.translation)
+    np.testing.assert_array_equal(cov, pose.covariance)
+    # the keyframe the pose refers to, from the matches message with the same stamp
+    matches = wire(factory, build_matches(factory, result), "sensor_msgs/msg/PointCloud2")
+    assert pose_keyframe(back, matches) == (41, KF_STAMPS[0])
+    other = make_result()
+    other.stamp_ns += 1
+    with pytest.raises(ValueError):
+        pose_keyframe(back, build_matches(factory, other))
+    # invalid pose → not published
+    assert build_relative_pose(factory, make_result(valid=False)) is None
+    # frame_id override
+    assert build_relative_pose(factory, result, frame_id="cam2").header.frame_id == "cam2"
+
+
+def test_quaternion_conversions():
+    rng = np.random.default_rng(1)
+    rotations = [rot(rng.standard_normal(3), a) for a in rng.uniform(0, np.pi, 50)]
+    rotations += [np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1]), np.eye(3),
+                  rot([1, 1, 0], np.pi)]
+    for R in rotations:
+        q = rotation_to_quaternion(R)
+        assert abs(np.linalg.norm(q) - 1) < 1e-12 and q[3] >= 0
+        np.testing.assert_allclose(quaternion_to_rotation(*q), R, atol=1e-12)
+    with pytest.raises(ValueError):
+        quaternion_to_rotation(0, 0, 0, 0)
+
+
+# --------------------------------------------------------------------------- ~/keyframes
+
+
+def test_keyframe_round_trip(factory):
+    result = make_result()
+    msg = build_keyframe(factory, result)
+    assert [f.name for f in msg.fields] == [name for name, _ in KEYFRAME_FIELDS]
+    back = decode_keyframe(wire(factory, msg, "sensor_msgs/msg/PointCloud2"))
+    assert back.stamp_ns == STAMP and back.keyframe_id == 42 and back.frame_id == "camera_optical"
+    np.testing.assert_array_equal(back.points, result.keypoints)
+    np.testing.assert_array_equal(back.track_ids, result.track_ids)
+    np.testing.assert_array_equal(back.scores, result.keypoint_scores)
+    assert build_keyframe(factory, make_result(keyframe=False)) is None
+
+
+# --------------------------------------------------------------------------- ~/features (VINS)
+
+
+def normalise(points):
+    return (np.asarray(points, np.float64) - [CX, CY]) / [FX, FY]
+
+
+@pytest.mark.parametrize("layout", ["vins_mono", "vins_fusion"])
+def test_features_vins_layouts(factory, layout):
+    result = make_result()
+    msg = build_features(factory, result, normalise, layout=layout, num_cameras=2, camera_id=1)
+    names = [c.name for c in msg.channels]
+    if layout == "vins_mono":
+        assert names == ["id_of_point", "u_of_point", "v_of_point", "velocity_x_of_point", "velocity_y_of_point"]
+    else:
+        assert names[:6] == ["feature_id", "camera_id", "p_u", "p_v", "velocity_x", "velocity_y"]
+        assert len(names) == 9  # VINS-Fusion reads channels 6..8 whenever there are more than 5
+    back_msg = wire(factory, msg, "sensor_msgs/msg/PointCloud")
+    assert all(p.z == 1.0 for p in back_msg.points)  # the estimators ROS_ASSERT(z == 1)
+    back = decode_features(back_msg, num_cameras=2)
+    keep = result.track_ids >= 0
+    assert back.stamp_ns == STAMP and len(back.feature_ids) == keep.sum() == 59
+    np.testing.assert_array_equal(back.feature_ids, result.track_ids[keep] % (2 ** 24 // 2))
+    assert back.feature_ids[1] == (2 ** 24 + 5) % 2 ** 23
+    assert set(back.camera_ids.tolist()) == {1}
+    np.testing.assert_array_equal(back.pixels, result.keypoints[keep])
+    np.testing.assert_allclose(back.normalised, normalise(result.keypoints[keep]), rtol=1e-6, atol=1e-7)
+    # a linear normaliser maps pixel velocity v to v / f
+    np.testing.assert_allclose(back.velocities, result.track_velocities[keep] / [FX, FY], rtol=1e-4, atol=1e-7)
+    # the raw VINS-Mono arithmetic: v = int(value + 0.5); feature = v / NUM_OF_CAM; camera = v % NUM_OF_CAM
+    if layout == "vins_mono":
+        raw = np.asarray(back_msg.channels[0].values, np.float32)
+        v = (raw.astype(np.float64) + 0.5).astype(np.int64)
+        np.testing.assert_array_equal(v // 2, back.feature_ids)
+        np.testing.assert_array_equal(v % 2, 1)
+
+
+def test_features_options(factory):
+    result = make_result()
+    mask = np.zeros(len(result.keypoints), bool)
+    mask[:5] = True
+    given = np.full((len(mask), 2), 0.25)
+    back = decode_features(build_features(factory, result, normalise, mask=mask, normalised_velocities=given))
+    assert len(back.feature_ids) == 5 and np.all(back.velocities == 0.25)
+    with pytest.raises(ValueError):
+        build_features(factory, result, normalise, layout="orb_slam")
+    with pytest.raises(ValueError):
+        build_features(factory, result, normalise, camera_id=1)
+
+
+# --------------------------------------------------------------------------- ~/debug_image
+
+
+def test_debug_image(factory):
+    result = make_result()
+    rng = np.random.default_rng(0)
+    grey = (rng.random((480, 640)) * 40).astype(np.uint8)
+    msg = build_debug_image(factory, grey, result, max_keyframes=2)
+    back = wire(factory, msg, "sensor_msgs/msg/Image")
+    assert back.encoding == "bgr8" and back.header.frame_id == "camera_optical"
+    assert back.header.stamp.sec * 10 ** 9 + back.header.stamp.nanosec == STAMP
+    rgb = decode_image(back)
+    assert rgb.shape == (480, 640, 3)
+    assert (rgb != grey[..., None]).any(axis=-1).sum() > 1000  # something was drawn
+    mono16 = build_debug_image(factory, (grey.astype(np.uint16) << 8), result, encoding="mono16")
+    assert decode_image(mono16).shape == (480, 640, 3)
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+def test_diagnostic_levels():
+    assert diagnostic_level({"frames_processed": 30}) == (OK, "ok")
+    assert diagnostic_level({"frames_dropped": 3})[0] == WARN
+    assert diagnostic_level({"frames_dropped": 3}, DiagnosticThresholds(max_dropped=5))[0] == OK
+    assert diagnostic_level({"pose_valid_ratio": 0.2})[0] == WARN
+    assert diagnostic_level({"no_pose": "no CameraInfo"}) == (WARN, "no CameraInfo")
+    assert diagnostic_level({"stalled": True, "frames_dropped": 1})[0] == ERROR
+    level, message = diagnostic_level({"seconds_since_output": 9.0})
+    assert level == ERROR and "9.0 s" in message
+
+
+def test_diagnostics_round_trip(factory):
+    figures = {"frames_processed": 29, "frames_dropped": 2, "rate_hz": 29.123456789, "stalled": False,
+               "device": "cuda:0"}
+    msg = build_diagnostics(factory, STAMP, figures, hardware_id="cuda:0 (NVIDIA H100)")
+    [report] = decode_diagnostics(wire(factory, msg, "diagnostic_msgs/msg/DiagnosticArray"))
+    assert report.stamp_ns == STAMP and report.level == WARN and report.name == DIAGNOSTIC_NAME
+    assert report.hardware_id == "cuda:0 (NVIDIA H100)" and report.message == "2 frames dropped"
+    assert report.values == {"frames_processed": "29", "frames_dropped": "2", "rate_hz": "29.1235",
+                             "stalled": "false", "device": "cuda:0"}
+
+
+# --------------------------------------------------------------------------- helpers and validation
+
+
+def test_validation_errors(factory):
+    result = make_result()
+    result.matches[0].track_ids = result.matches[0].track_ids.copy()
+    result.matches[0].track_ids[0] = MAX_EXACT_TRACK_ID + 2
+    with pytest.raises(ValueError, match="2\\*\\*53"):
+        build_matches(factory, result)
+    result = make_result()
+    result.matches[1].scores = result.matches[1].scores[:-1]
+    with pytest.raises(ValueError, match="inconsistent"):
+        build_matches(factory, result)
+    result = make_result()
+    result.matches[0].inliers = np.zeros(0, bool)  # "no pose": empty inliers read as all False
+    assert not decode_matches(build_matches(factory, result)).for_keyframe(41).inliers.any()
+    with pytest.raises(ValueError):
+        ns_to_stamp(2 ** 31 * 10 ** 9)
+    assert ns_to_stamp(-1) == (-1, 999_999_999)
+
+
+def test_read_points_general_clouds():
+    """Big-endian, multi-row, padded clouds from other producers decode too."""
+    f = RosbagsTypes()
+    T = f.get
+    fields = [T("sensor_msgs/msg/PointField")(name="x", offset=0, datatype=7, count=1),
+              T("sensor_msgs/msg/PointField")(name="track_id", offset=4, datatype=8, count=1),
+              T("sensor_msgs/msg/PointField")(name="v", offset=12, datatype=4, count=2)]
+    pts = np.zeros(6, np.dtype({"names": ["x", "track_id", "v"], "formats": [">f4", ">f8", (">u2", (2,))],
+                                "offsets": [0, 4, 12], "itemsize": 18}))
+    pts["x"] = np.arange(6) * 1.5
+    pts["track_id"] = np.arange(6) + 2.0 ** 40
+    pts["v"] = np.arange(12).reshape(6, 2)
+    rows = pts.view(np.uint8).reshape(2, 3 * 18)
+    data = np.concatenate([rows, np.zeros((2, 5), np.uint8)], axis=1).reshape(-1)  # row padding
+    msg = T("sensor_msgs/msg/PointCloud2")(header=f.header(5, "x"), height=2, width=3, fields=fields,
+                                           is_bigendian=True, point_step=18, row_step=3 * 18 + 5, data=data,
+                                           is_dense=True)
+    out = read_points(f.deserialize(f.serialize(msg), "sensor_msgs/msg/PointCloud2"))
+    np.testing.assert_array_equal(out["x"], pts["x"])
+    np.testing.assert_array_equal(out["track_id"], pts["track_id"])
+    np.testing.assert_array_equal(out["v"], pts["v"])
+    cloud = make_cloud(f, 1, "a", np.zeros(2, [("a", "<f4"), ("b", "<u1")]))
+    assert [(p.name, p.offset, p.datatype) for p in cloud.fields] == [("a", 0, 7), ("b", 4, 2)]
+
+
+def test_factory_for():
+    from sensor_msgs.msg import Image
+
+    assert factory_for(Image).flavour == "rclpy"
+    assert factory_for(RosbagsTypes().get("sensor_msgs/msg/Image")).flavour == "rosbags"
+    f = RosbagsTypes()
+    assert factory_for(f) is f
+    with pytest.raises(TypeError):
+        factory_for(object())
+
+
+def test_rclpy_field_checks_are_active(factory):
+    """Guards the fixture: with rclpy the builders above ran with the generated type checks on."""
+    if factory.flavour != "rclpy":
+        pytest.skip("rclpy only")
+    with pytest.raises(AssertionError):
+        factory.new("geometry_msgs/msg/Point32", x=np.float32(1.0), y=0.0, z=0.0)
+
+
+def test_header_first_adapters(factory):
+    """The call shapes used by outputs.py / node.py / replay.py give the same messages."""
+    from glue_ros.ros import messages as M
+
+    result = make_result()
+    header = M.make_header(factory, result.stamp_ns, "cam_override")
+    m = decode_matches(M.matches_cloud(result, factory, header))
+    assert m.frame_id == "cam_override" and m.stamp_ns == STAMP and len(m) == 48
+    assert M.relative_pose(result, factory, header).header.frame_id == "cam_override"
+    assert decode_keyframe(M.keyframe_cloud(result, factory, header)).keyframe_id == 42
+    assert len(decode_features(M.features_cloud(result, factory, header, normalise)).feature_ids) == 59
+    assert M.debug_image(result, np.zeros((480, 640), np.uint8), factory, header).encoding == "bgr8"
+    [report] = decode_diagnostics(M.diagnostics({"frames_dropped": 0}, factory, 5, name="n", hardware_id="cpu"))
+    assert (report.level, report.name, report.hardware_id, report.stamp_ns) == (OK, "n", "cpu", 5)
+    with pytest.raises(ValueError, match="header stamp"):
+        M.matches_cloud(result, factory, M.make_header(factory, result.stamp_ns + 1, "cam"))
