@@ -260,9 +260,11 @@ class NearestNeighborMatcher:
 
 def _check_compatible(f0: Features, f1: Features) -> None:
     d0, d1 = f0.descriptors, f1.descriptors
+    if len(f0) == 0 or len(f1) == 0:
+        return  # nothing to compare; the result is empty
     if (d0.dtype == torch.uint8) != (d1.dtype == torch.uint8):
         raise ValueError(f"cannot match {d0.dtype} with {d1.dtype} descriptors")
-    if len(f0) and len(f1) and d0.shape[-1] != d1.shape[-1]:
+    if d0.shape[-1] != d1.shape[-1]:
         raise ValueError(f"descriptor sizes differ: {d0.shape[-1]} vs {d1.shape[-1]}")
 
 

@@ -108,7 +108,15 @@ PARAMS: tuple[ParamSpec, ...] = (
        choices=("sensor_data", "reliable")),
     _p("input.queue_size", 1, "Frames waiting for the worker; the oldest is dropped (and counted) when full.",
        min=1, max=100),
-    _p("output.features", False, "Publish ~/features (VINS-Fusion sensor_msgs/PointCloud)."),
+    _p("input.bit_depth", 0, "Significant bits of mono16/16-bit images (e.g. 10 or 12); 0 = 16.",
+       choices=(0, 8, 9, 10, 11, 12, 13, 14, 15, 16)),
+    _p("output.features", False, "Publish ~/features (sensor_msgs/PointCloud for the VINS estimators)."),
+    _p("output.features_layout", "vins_mono", "~/features channel layout: vins_mono (VINS-Mono feature_tracker) or "
+       "vins_fusion (VINS-Fusion feature_callback).", choices=("vins_mono", "vins_fusion")),
+    _p("output.features_num_cameras", 1, "~/features: NUM_OF_CAM of the estimator (ids are id*N + camera_id).",
+       min=1, max=16),
+    _p("output.features_camera_id", 0, "~/features: this camera's index among the estimator's cameras.",
+       min=0, max=15),
     _p("output.frame_id", "", "Override the header frame_id of outputs (empty = the image's frame_id)."),
     _p("diagnostics.period_s", 1.0, "Diagnostics publishing period (seconds).", min=0.1, max=60.0),
 )
@@ -237,6 +245,8 @@ def validate(values: Mapping[str, Any]) -> dict[str, Any]:
     flat = {p.name: p.default for p in PARAMS}
     for name, value in values.items():
         flat[name] = coerce(SPECS[name], value)
+    if flat["output.features_camera_id"] >= flat["output.features_num_cameras"]:
+        raise ParameterError("parameter 'output.features_camera_id': must be < output.features_num_cameras")
     return flat
 
 

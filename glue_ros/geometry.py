@@ -45,6 +45,11 @@ UNOBSERVABLE_VARIANCE = 1e6
 #: certainty; real keypoints are never better than ~0.1 px.
 MIN_RESIDUAL_STD_PX = 0.1
 
+#: Cap on essential-matrix RANSAC/MAGSAC iterations (OpenCV's default). Bounds the worst case
+#: (all outliers) to ~20 ms (MAGSAC) / ~200 ms (RANSAC) for 1000 matches on one core; 1000 iterations
+#: still find a model with 99.9% confidence down to ~40% inliers (5-point samples).
+MAX_RANSAC_ITERATIONS = 1000
+
 _UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
 # OpenCV's default 5 undistortion iterations leave ~0.8 px error at the corners of a k1=-0.3 lens.
 
@@ -269,18 +274,19 @@ def so3_log(R: np.ndarray) -> np.ndarray:
 
 
 def rotation_angle_deg(R_a: np.ndarray, R_b: np.ndarray) -> float:
-    """Angle (degrees) of the rotation ``R_a^T R_b`` (0 when equal)."""
-    c = (np.trace(np.asarray(R_a, float).T @ np.asarray(R_b, float)) - 1.0) / 2.0
-    return float(np.degrees(np.arccos(np.clip(c, -1.0, 1.0))))
+    """Angle (degrees, 0..180) of the rotation ``R_a^T R_b`` (atan2 form: exact near 0 and 180)."""
+    M = np.asarray(R_a, float).T @ np.asarray(R_b, float)
+    s = 0.5 * np.linalg.norm([M[2, 1] - M[1, 2], M[0, 2] - M[2, 0], M[1, 0] - M[0, 1]])
+    c = 0.5 * (np.trace(M) - 1.0)
+    return float(np.degrees(math.atan2(s, c)))
 
 
 def translation_angle_deg(t_a: np.ndarray, t_b: np.ndarray) -> float:
     """Angle (degrees, 0..180) between two directions; 0 if either vector is zero."""
     a, b = np.asarray(t_a, float).reshape(3), np.asarray(t_b, float).reshape(3)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na < 1e-12 or nb < 1e-12:
+    if np.linalg.norm(a) < 1e-12 or np.linalg.norm(b) < 1e-12:
         return 0.0
-    return float(np.degrees(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0))))
+    return float(np.degrees(math.atan2(np.linalg.norm(np.cross(a, b)), a @ b)))
 
 
 def quaternion_from_matrix(R: np.ndarray) -> np.ndarray:
@@ -464,7 +470,7 @@ def _bearings(x: np.ndarray) -> np.ndarray:
 def _essential(x0: np.ndarray, x1: np.ndarray, threshold: float, method: int, confidence: float):
     """(RANSAC inlier mask, R_cv, t_cv, cheirality inlier mask) or Nones. OpenCV convention."""
     E, mask = cv2.findEssentialMat(x0, x1, np.eye(3), method=method, prob=confidence,
-                                   threshold=threshold, maxIters=10000)
+                                   threshold=threshold, maxIters=MAX_RANSAC_ITERATIONS)
     if E is None or mask is None or E.shape[0] < 3 or E.shape[0] % 3 or not np.all(np.isfinite(E)):
         return None, None, None, None
     mask = mask.reshape(-1).astype(bool)
@@ -566,7 +572,31 @@ def _perturb(R: np.ndarray, t: np.ndarray, delta: np.ndarray, B: np.ndarray):
     return so3_exp(delta[:3]) @ R, _unit(t + B @ delta[3:])
 
 
-def _jacobian(R, t, h0, h1, B, eps=1e-7):
+def _jacobian(R, t, h0, h1, B):
+    """Analytic (N, 5) Jacobian of :func:`_sampson` for R <- exp(w) R, t <- unit(t + B a), at 0.
+
+    dE/dw_k = [t]x [e_k]x R, dE/da_k = [b_k]x R; r = e / sqrt(D) with e = x1^T E x0 and
+    D = |(E x0)_12|^2 + |(E^T x1)_12|^2, so dr = de / sqrt(D) - e dD / (2 D^1.5)."""
+    E = skew(t) @ R
+    Ex0 = h0 @ E.T
+    Etx1 = h1 @ E
+    e = np.sum(h1 * Ex0, axis=1)
+    D = np.maximum(Ex0[:, 0] ** 2 + Ex0[:, 1] ** 2 + Etx1[:, 0] ** 2 + Etx1[:, 1] ** 2, 1e-300)
+    sqrtD = np.sqrt(D)
+    tx = skew(t)
+    generators = [tx @ skew(axis) @ R for axis in np.eye(3)] + [skew(B[:, k]) @ R for k in range(2)]
+    J = np.empty((len(h0), 5))
+    for k, G in enumerate(generators):
+        Gx0 = h0 @ G.T
+        Gtx1 = h1 @ G
+        de = np.sum(h1 * Gx0, axis=1)
+        dD = 2.0 * (Ex0[:, 0] * Gx0[:, 0] + Ex0[:, 1] * Gx0[:, 1] + Etx1[:, 0] * Gtx1[:, 0] + Etx1[:, 1] * Gtx1[:, 1])
+        J[:, k] = de / sqrtD - e * dD / (2.0 * D * sqrtD)
+    return J
+
+
+def _numeric_jacobian(R, t, h0, h1, B, eps=1e-7):
+    """Central differences of :func:`_sampson` (reference for tests)."""
     cols = []
     for k in range(5):
         d = np.zeros(5)
@@ -608,7 +638,7 @@ def _refine(R: np.ndarray, t: np.ndarray, h0: np.ndarray, h1: np.ndarray, scale:
             r_new = _sampson(R_new, t_new, h0, h1)
             cost_new = cost_of(r_new)
             if cost_new < cost:
-                converged = cost - cost_new < 1e-10 * max(cost, 1e-300) or np.linalg.norm(delta) < 1e-12
+                converged = cost - cost_new < 1e-7 * max(cost, 1e-300) or np.linalg.norm(delta) < 1e-10
                 R, t, r, cost, improved = R_new, t_new, r_new, cost_new, True
                 lam = max(lam / 10, 1e-9)
                 break

@@ -359,13 +359,14 @@ class SyntheticSequence:
     motion: str = ""
     fps: float = 30.0
     depths: list[np.ndarray] | None = None  # (H, W) float32 z-depth (metres) when rendered with_depth
+    frame_indices: list[int] = field(default_factory=list)  # frame number of each image (see frames=)
     extra: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
 
     def relative_pose(self, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
-        """Ground-truth glue_ros relative pose of frame j in frame i: (R, unit t)."""
+        """Ground-truth glue_ros relative pose of image j in image i (list positions): (R, unit t)."""
         return relative_pose_gt(self.poses[i], self.poses[j])
 
 
@@ -389,8 +390,12 @@ def default_camera(width: int = 640, height: int = 480) -> CameraModel:
 
 def render_sequence(num_frames: int, width: int = 640, height: int = 480, motion: str = "forward",
                     fps: float = 30.0, seed: int = 0, speed: float = 1.0, noise_std: float = 1.0,
-                    with_depth: bool = False, camera: CameraModel | None = None) -> SyntheticSequence:
+                    with_depth: bool = False, camera: CameraModel | None = None,
+                    frames: Sequence[int] | None = None) -> SyntheticSequence:
     """Render ``num_frames`` frames of ``motion`` (see :func:`camera_pose`) at ``fps``.
+
+    ``frames``: render only these frame indices (of the ``num_frames`` sequence; stamps, poses and
+    noise are those of the full sequence) — e.g. ``frames=(0, 10, 20)`` for pair tests.
 
     ``speed`` scales the nominal velocities (NOMINAL_LINEAR_SPEED, NOMINAL_ANGULAR_SPEED).
     ``noise_std`` adds Gaussian pixel noise (grey levels, seeded per frame); 0 disables.
@@ -404,7 +409,10 @@ def render_sequence(num_frames: int, width: int = 640, height: int = 480, motion
         camera = CameraModel(camera.K, camera.D, camera.distortion_model, width, height)
     scene = make_scene(seed)
     images, depths, stamps, poses = [], [], [], []
-    for i in range(num_frames):
+    indices = range(num_frames) if frames is None else [int(i) for i in frames]
+    if any(not 0 <= i < num_frames for i in indices):
+        raise ValueError(f"frames must be in [0, {num_frames})")
+    for i in indices:
         T = camera_pose(motion, i / fps, speed)
         image, depth = scene.render(T, camera, with_depth)
         if noise_std > 0:
@@ -417,7 +425,7 @@ def render_sequence(num_frames: int, width: int = 640, height: int = 480, motion
         poses.append(T)
     return SyntheticSequence(f"synthetic_{motion}_s{seed}", images, stamps,
                              np.array(poses).reshape(-1, 4, 4), camera, motion, fps,
-                             depths if with_depth else None)
+                             depths if with_depth else None, list(indices))
 
 
 def relative_pose_gt(T_world_kf: np.ndarray, T_world_cur: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

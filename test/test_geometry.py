@@ -278,3 +278,15 @@ def test_camera_model_value_semantics():
         a.K[0, 0] = 1.0  # read-only
     assert CameraModel(np.eye(3), distortion_model="").distortion_model == "none"
     assert CameraModel.from_intrinsics(500, 500, 320, 240).problem() is None
+
+
+def test_analytic_jacobian_matches_finite_differences():
+    from glue_ros import geometry as G
+
+    p0, p1, _ = make_pair(MOTION_R, MOTION_T, n=50, noise_px=1.0, seed=11)
+    h0 = np.c_[normalize_points(p0, CAM), np.ones(50)]
+    h1 = np.c_[normalize_points(p1, CAM), np.ones(50)]
+    R_cv, t_cv = MOTION_R.T, -MOTION_R.T @ T_UNIT
+    B = G._tangent_basis(t_cv)
+    np.testing.assert_allclose(G._jacobian(R_cv, t_cv, h0, h1, B), G._numeric_jacobian(R_cv, t_cv, h0, h1, B),
+                               rtol=1e-5, atol=1e-8)

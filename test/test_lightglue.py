@@ -164,7 +164,7 @@ def capture_token_logits(model: LightGlue, layer: int, run) -> tuple[torch.Tenso
     return seen["z"], seen["active"]
 
 
-def split(values: torch.Tensor, lo: float, hi: float, margin: float = 1e-3) -> float:
+def split(values: torch.Tensor, lo: float, hi: float, margin: float = 2e-4) -> float:
     """A threshold in the widest gap between sorted values within [lo, hi]; asserts it is clear of them."""
     v = values.double().sort().values
     v = v[(v >= lo) & (v <= hi)]
@@ -186,7 +186,7 @@ def force_prune_and_exit(model: LightGlue, f0: Features, f1: Features, prune_lay
         z, active = capture_token_logits(model, prune_layer, lambda: model.forward_features([f0], [f1]))
         values = z[active].sort().values
         cut = int((1 - share) * len(values))
-        t = split(values, values[cut - 3], values[cut + 3])
+        t = split(values, values[cut - 15], values[cut + 15])
         token_threshold(model, prune_layer, t)
         constant_head(model.match_assignment_layers[prune_layer].matchability, -6.0)  # sigmoid -> 0.0025
     return z[0, 0, : len(f0)] > t, z[0, 1, : len(f1)] > t
@@ -249,8 +249,8 @@ def assert_same_pairs(batched, singles, counts) -> None:
         assert torch.equal(batched.pruned1[k, :n1], single.pruned1[0, :n1])
         assert torch.equal(batched.layers0[k, :n0], single.layers0[0, :n0])
         la, la1 = batched.log_assignment[k], single.log_assignment[0]
-        rows, cols = list(range(n0)) + [la.shape[0] - 1], list(range(n1)) + [la.shape[1] - 1]
-        mine, theirs = la[rows][:, cols], la1[rows][:, cols]
+        mine = la[list(range(n0)) + [-1]][:, list(range(n1)) + [-1]]
+        theirs = la1[list(range(n0)) + [-1]][:, list(range(n1)) + [-1]]
         finite = torch.isfinite(theirs)
         assert torch.equal(finite, torch.isfinite(mine))
         if finite.any():
@@ -298,8 +298,8 @@ def test_parity_with_reference(ours, reference, options):
                         width=options["width_confidence"])[0]
     assert_same_as_reference(out, ref)
     assert (out.matches0 >= 0).sum() >= 1
-    # Random weights: neither mechanism fires (hence the forcing tests below).
-    assert out.stop_layer.item() == 9 and not out.pruned0.any() and not out.pruned1.any()
+    if options is ON:  # same layer count per point (random weights may exit early, never prune here)
+        assert torch.equal(ref["prune0"].long(), out.layers0[0]) and torch.equal(ref["prune1"].long(), out.layers1[0])
 
 
 @pytest.mark.parametrize("sizes", [((640, 480), (1280, 720)), ((320, 240), (480, 640))], ids=str)
@@ -398,7 +398,7 @@ def test_deviation3_pruning_only(ours, reference):
     z = seen["z"][0]
     values = torch.cat([z[0, : len(f0)], z[1, : len(f1)]]).sort().values
     cut = int(0.3 * len(values))
-    t = split(values, values[cut - 3], values[cut + 3])
+    t = split(values, values[cut - 15], values[cut + 15])
     with torch.no_grad():  # matchability > 1 - 0.99 iff logit > t
         head.bias.fill_(math.log((1 - 0.99) / 0.99) - t)
     expect0, expect1 = z[0, : len(f0)] < t, z[1, : len(f1)] < t
@@ -432,31 +432,49 @@ def test_deviation4_reference_shape_with_adaptive_off(ours, reference):
     assert torch.equal(matches.reshape(2, 2, 200)[:, 1], out.matches1)
 
 
-def test_reference_mixes_up_pairs_that_exit_at_different_layers(ours, reference):
-    """Found beyond the listed deviations: transformers 5.23 reorders early-exited pairs with
-    ``indices[indices]`` instead of the inverse permutation, so when pair 1 exits before pair 0 the two
-    pairs' results are swapped. Ours keeps each pair's own result."""
-    pairs = [synth_pair(260, 240, seed=10), synth_pair(260, 240, seed=11)]
-    feats0, feats1 = [p[0] for p in pairs], [p[1] for p in pairs]
+def exit_pairs_at_different_layers(ours: LightGlue, last_exit: int | None):
+    """Two pairs; the more confident one exits after layer 2, the other after ``last_exit`` (or runs to
+    9). Returns the pairs ordered so that pair 1 exits first, and our batched output."""
+    pairs = [synth_pair(261, 240, seed=10), synth_pair(261, 240, seed=11)]
     ours.reconfigure(**ON)
     with torch.no_grad():
         for head in ours.token_confidence:
             head.token.bias.fill_(SILENT)
-        z, active = capture_token_logits(ours, 1, lambda: ours.forward_features(feats0, feats1))
-        token_threshold(ours, 1, stop_threshold(z, active, [500, 500]))
-    out = ours.forward_features(feats0, feats1)
-    first = int(torch.argmin(out.stop_layer))
-    assert sorted(out.stop_layer.tolist()) == [2, 9]
-    if first == 0:  # make pair 1 the one that exits first
-        pairs, out = pairs[::-1], ours.forward_features(feats0[::-1], feats1[::-1])
-    singles = [forward_pair(ours, *p) for p in pairs]
-    assert_same_pairs(out, singles, [(260, 240)] * 2)
+        z, active = capture_token_logits(ours, 1, lambda: ours.forward_features(*zip(*pairs)))
+        token_threshold(ours, 1, stop_threshold(z, active, [501, 501]))
+        if last_exit is not None:
+            constant_head(ours.token_confidence[last_exit - 1].token, 20.0)
+    if ours.forward_features(*zip(*pairs)).stop_layer[0] == 2:
+        pairs = pairs[::-1]
+    out = ours.forward_features(*zip(*pairs))
+    assert out.stop_layer.tolist() == [last_exit or 9, 2]
+    assert_same_pairs(out, [forward_pair(ours, *p) for p in pairs], [(261, 240)] * 2)
+    return pairs, out
 
+
+def test_reference_crashes_when_only_some_pairs_exit_early(ours, reference):
+    """Found beyond the listed deviations: at the last layer transformers 5.23 marks
+    ``torch.ones(batch_size)`` pairs as stopped, the original batch size, so once one pair has exited
+    early and another reaches the last layer it raises IndexError. Ours handles it."""
+    pairs, _ = exit_pairs_at_different_layers(ours, last_exit=None)
+    reference.load_state_dict(ours.state_dict(), strict=False)
+    with pytest.raises(IndexError):
+        run_reference(reference, pairs, depth=0.95, width=0.99)
+
+
+def test_reference_swaps_pairs_that_exit_at_different_layers(ours, reference):
+    """Found beyond the listed deviations: transformers 5.23 restores the order of early-exited pairs
+    with ``indices[indices]`` instead of the inverse permutation, so when pair 1 exits before pair 0
+    (both before the last layer) their results are swapped. Ours keeps each pair's own result."""
+    pairs, out = exit_pairs_at_different_layers(ours, last_exit=4)
     reference.load_state_dict(ours.state_dict(), strict=False)
     ref = run_reference(reference, pairs, depth=0.95, width=0.99)
+    alone = [run_reference(reference, [pair], depth=0.95, width=0.99)[0] for pair in pairs]
+    assert (alone[0]["prune0"] == 4).all() and (alone[1]["prune0"] == 2).all()
     for k in (0, 1):
-        assert not torch.equal(ref[k]["matches0"].long(), singles[k].matches0[0])
-        assert torch.equal(ref[k]["matches0"].long(), singles[1 - k].matches0[0])  # swapped
+        assert torch.equal(alone[k]["matches0"].long(), out.matches0[k])  # the reference alone agrees with ours
+        assert torch.equal(ref[k]["matches0"], alone[1 - k]["matches0"])  # batched: the other pair's result
+        assert torch.equal(ref[k]["prune0"], alone[1 - k]["prune0"])
 
 
 # --------------------------------------------------------------------------- batching
@@ -495,7 +513,7 @@ def test_batched_forced_exits_at_different_layers_and_pruning(ours):
         z, active = capture_token_logits(ours, 0, run)
         values = z[active].sort().values
         cut = int(0.75 * len(values))
-        token_threshold(ours, 0, split(values, values[cut - 3], values[cut + 3]))
+        token_threshold(ours, 0, split(values, values[cut - 15], values[cut + 15]))
         constant_head(ours.match_assignment_layers[0].matchability, -6.0)
         # Layers 1 and 3: the most confident running pair exits (stop layers 2 and 4), the last runs to 9.
         for layer in (1, 3):
@@ -526,7 +544,7 @@ def test_empty_and_tiny_inputs(ours):
     results = ours.match([c[0] for c in cases], [c[1] for c in cases])
     for pm in results[:3]:
         assert len(pm) == 0 and pm.matches.shape == (0, 2) and pm.stop_layer == 0
-    assert len(results[3]) <= 1 and results[3].stop_layer == 9
+    assert len(results[3]) <= 1 and results[3].stop_layer >= 1
     assert len(results[4]) <= 1
     for (f0, f1), pm in zip(cases, results):
         alone = ours.match([f0], [f1])[0]
@@ -537,12 +555,17 @@ def test_empty_and_tiny_inputs(ours):
         ours.match([a], [])
 
 
-def test_bf16_mostly_agrees_with_fp32(ours):
+@pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
+def test_bf16_mostly_agrees_with_fp32(ours, options):
     f0, f1 = synth_pair(384, 352, seed=40)
-    fp32 = ours.reconfigure(**OFF).match([f0], [f1])[0]
+    fp32 = forward_pair(ours.reconfigure(**options), f0, f1)
     ours.compute_dtype = torch.bfloat16
-    bf16 = ours.match([f0], [f1])[0]
-    a, b = set(map(tuple, fp32.matches.tolist())), set(map(tuple, bf16.matches.tolist()))
-    agreement = len(a & b) / max(len(a), len(b))
-    print(f"bf16 vs fp32: {len(a)} / {len(b)} matches, agreement {agreement:.3f}")
-    assert len(a) >= 5 and agreement >= 0.5
+    bf16 = forward_pair(ours, f0, f1)
+    assert bf16.log_assignment.dtype == torch.float32 and torch.isfinite(bf16.log_assignment[0, :-1, :-1]).all()
+    # Random weights give few mutual matches, so compare every point's best candidate as well.
+    best = (fp32.log_assignment[0, :-1, :-1].argmax(1) == bf16.log_assignment[0, :-1, :-1].argmax(1)).float().mean()
+    a = {(i, int(j)) for i, j in enumerate(fp32.matches0[0]) if j >= 0}
+    b = {(i, int(j)) for i, j in enumerate(bf16.matches0[0]) if j >= 0}
+    print(f"bf16 vs fp32 ({options}): best candidate agrees for {best:.1%} of points; matches {len(a)} vs "
+          f"{len(b)}, {len(a & b)} shared; stop layer {int(fp32.stop_layer[0])} vs {int(bf16.stop_layer[0])}")
+    assert best >= 0.8 and len(a & b) >= 0.5 * max(len(a), len(b))

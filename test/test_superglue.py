@@ -298,15 +298,18 @@ def test_batch_equals_each_pair_alone(projection_scale, checkpoint_dirs):
     with torch.inference_mode():
         batched = model(*model.pad([p[0] for p in pairs], [p[1] for p in pairs]))
     for b, (f0, f1) in enumerate(pairs):
-        alone = model.match([f0], [f1])[0]
-        assert len(alone) >= 10
-        assert batch[b].matches.shape == alone.matches.shape and (batch[b].matches == alone.matches).all()
-        single = run_ours(model, f0, f1).pair_log_assignment(0)
-        assert_log_assignment_close(batched.pair_log_assignment(b), single, rel=1e-6)
+        alone = run_ours(model, f0, f1)  # the pair on its own: L = max(N, M)
+        idx0 = (alone.matches0[0] >= 0).nonzero()[:, 0]
+        expected_matches, expected_scores = torch.stack([idx0, alone.matches0[0, idx0]], 1), alone.scores0[0, idx0]
+        assert len(idx0) >= 10
+        assert batch[b].matches.shape == expected_matches.shape
+        assert (batch[b].matches == expected_matches.numpy()).all()
+        assert_log_assignment_close(batched.pair_log_assignment(b), alone.pair_log_assignment(0), rel=1e-6)
+        difference = abs(batch[b].scores - expected_scores.numpy())
         if projection_scale == 1.0:
-            assert (abs(batch[b].scores - alone.scores) <= SCORE_RTOL * alone.scores).all()
+            assert (difference <= SCORE_RTOL * expected_scores.numpy()).all()
         else:
-            assert abs(batch[b].scores - alone.scores).max() <= 1e-5
+            assert difference.max() <= 1e-5
 
 
 def test_degenerate_pairs_give_empty_matches(checkpoint_dirs):

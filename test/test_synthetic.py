@@ -19,12 +19,12 @@ def forward_depth():
 
 
 def test_deterministic():
-    a = render_sequence(3, motion="mixed", seed=3)
-    b = render_sequence(3, motion="mixed", seed=3)
+    a = render_sequence(3, motion="mixed", seed=0)
+    b = render_sequence(3, motion="mixed", seed=0)
     assert all(np.array_equal(x, y) for x, y in zip(a.images, b.images))
-    c = render_sequence(1, motion="mixed", seed=4)
+    c = render_sequence(1, motion="mixed", seed=1)
     assert not np.array_equal(a.images[0], c.images[0])
-    clean = render_sequence(1, motion="mixed", seed=3, noise_std=0.0)
+    clean = render_sequence(1, motion="mixed", seed=0, noise_std=0.0)
     assert 0 < np.abs(clean.images[0].astype(int) - a.images[0]).mean() < 2  # mild noise only
 
 

@@ -43,6 +43,7 @@ class Counters:
     keyframes: int = 0
     camera_info_received: int = 0
     errors: int = 0
+    valid_poses: int = 0
 
 
 class StartupError(RuntimeError):
@@ -77,7 +78,7 @@ def _make_node_class():
     from ..models.weights import WeightsError
     from ..device import DeviceError
     from . import image_codec, messages
-    from .outputs import DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, frame_outputs
+    from .outputs import DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, features_options, frame_outputs
 
     class MatcherNode(Node):
         def __init__(self, **kwargs):
@@ -87,7 +88,9 @@ def _make_node_class():
             self.processing = LatencyWindow()
             self._flat = self._declare_and_read_parameters()
             self._last = {"keypoints": 0, "matches": 0, "inliers": 0, "stop_layer": -1}
-            self._rates = {"received": (time.monotonic(), 0), "processed": (time.monotonic(), 0)}
+            self._started = time.monotonic()
+            self._last_output: float | None = None
+            self._rates: dict[str, tuple[float, int]] = {}
             self._warned: set[str] = set()
             try:
                 self.frontend = FrontEnd(FrontEndConfig.from_flat(self._flat),
@@ -232,7 +235,8 @@ def _make_node_class():
             stamp_ns = stamp_to_ns(msg.header.stamp)
             try:
                 image = image_codec.decode_compressed(msg) if kind == "compressed" else image_codec.decode_image(msg)
-                image = image_codec.to_gray_or_rgb_uint8(image, getattr(msg, "encoding", "rgb8"))
+                image = image_codec.to_gray_or_rgb_uint8(image, getattr(msg, "encoding", ""),
+                                                         bit_depth=self._flat["input.bit_depth"] or None)
             except image_codec.ImageDecodeError as exc:
                 self._reject(exc.reason, f"image dropped: {exc}")
                 return
@@ -251,6 +255,8 @@ def _make_node_class():
                 return
             self._publish(result, msg.header, image, camera)
             self.counters.processed += 1
+            self.counters.valid_poses += int(result.pose is not None and result.pose.valid)
+            self._last_output = time.monotonic()
             self.processing.add((time.monotonic() - received_at) * 1e3)
             self.latency.add((self.get_clock().now().nanoseconds - stamp_ns) * 1e-6)
 
@@ -263,7 +269,8 @@ def _make_node_class():
             want_debug = self.pub_debug.get_subscription_count() > 0  # drawn only when someone looks
             frame_id = self._flat["output.frame_id"] or header.frame_id
             for suffix, msg in frame_outputs(result, self.types, frame_id, normalizer=normalizer,
-                                             image=image if want_debug else None):
+                                             image=image if want_debug else None,
+                                             features_options=features_options(self._flat)):
                 self.publishers_by_suffix[suffix].publish(msg)
             if result.keyframe.is_keyframe:
                 self.counters.keyframes += 1
@@ -287,22 +294,31 @@ def _make_node_class():
                 self._warned.add(key)
                 self.get_logger().warning(text)
 
-        def _rate(self, key: str, count: int) -> float:
-            t0, c0 = self._rates[key]
+        def _period_delta(self, key: str, count: int) -> tuple[int, float]:
+            """(increase of a counter, seconds) since the previous diagnostics period."""
+            t0, c0 = self._rates.get(key, (self._started, 0))
             now = time.monotonic()
             self._rates[key] = (now, count)
-            return (count - c0) / max(now - t0, 1e-6)
+            return count - c0, max(now - t0, 1e-6)
 
         def figures(self) -> dict:
             c = self.counters
             matches = self._last["matches"]
+            received, seconds = self._period_delta("received", c.received)
+            processed, _ = self._period_delta("processed", c.processed)
+            dropped, _ = self._period_delta("dropped", c.dropped_queue + sum(c.rejected.values()))
+            poses, _ = self._period_delta("poses", c.valid_poses)
+            since_output = time.monotonic() - (self._last_output or self._started)
             return {
-                "input_rate_hz": self._rate("received", c.received),
-                "processed_rate_hz": self._rate("processed", c.processed),
+                "input_rate_hz": received / seconds, "processed_rate_hz": processed / seconds,
                 "frames_received": c.received, "frames_processed": c.processed,
-                "frames_dropped_queue": c.dropped_queue,
-                "frames_rejected": sum(c.rejected.values()),
+                "frames_dropped": dropped,  # this period (queue overflow + rejected input)
+                "frames_dropped_queue_total": c.dropped_queue,
+                "frames_rejected_total": sum(c.rejected.values()),
                 **{f"rejected.{k}": v for k, v in sorted(c.rejected.items())},
+                "stalled": bool(received > 0 and processed == 0 and since_output > 5.0),
+                "seconds_since_output": since_output if c.received else 0.0,
+                "pose_valid_ratio": poses / processed if processed else 1.0,
                 "latency_p50_ms": self.latency.percentile(50), "latency_p99_ms": self.latency.percentile(99),
                 "processing_p50_ms": self.processing.percentile(50),
                 "processing_p99_ms": self.processing.percentile(99),

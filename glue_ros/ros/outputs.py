@@ -22,11 +22,12 @@ DIAGNOSTICS_TOPIC = ("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray")
 
 def frame_outputs(result: FrameResult, types, frame_id: str, *,
                   normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
-                  image: np.ndarray | None = None) -> list[tuple[str, object]]:
+                  image: np.ndarray | None = None, features_options: dict | None = None
+                  ) -> list[tuple[str, object]]:
     """(topic suffix, message) pairs for one processed frame, all stamped with the frame's stamp.
 
     ``normalizer`` (pixels → normalised camera coordinates) enables ``features``; ``image`` enables
-    ``debug_image``.
+    ``debug_image``. ``features_options``: layout / num_cameras / camera_id of ``features``.
     """
     header = messages.make_header(types, result.stamp_ns, frame_id)
     out: list[tuple[str, object]] = [("matches", messages.matches_cloud(result, types, header))]
@@ -36,7 +37,14 @@ def frame_outputs(result: FrameResult, types, frame_id: str, *,
     if result.keyframe.is_keyframe:
         out.append(("keyframes", messages.keyframe_cloud(result, types, header)))
     if normalizer is not None:
-        out.append(("features", messages.features_cloud(result, types, header, normalizer)))
+        out.append(("features", messages.features_cloud(result, types, header, normalizer,
+                                                                **(features_options or {}))))
     if image is not None:
         out.append(("debug_image", messages.debug_image(result, image, types, header)))
     return out
+
+
+def features_options(flat: dict) -> dict:
+    """The ~/features builder options from the flat parameters."""
+    return {"layout": flat["output.features_layout"], "num_cameras": flat["output.features_num_cameras"],
+            "camera_id": flat["output.features_camera_id"]}

@@ -59,7 +59,7 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
     from ..ros.camera_info import camera_from_info, camera_from_params
     from ..ros.launch_args import NODE_NAME
     from ..ros.messages import RosbagsTypes, diagnostics
-    from ..ros.outputs import DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, frame_outputs
+    from ..ros.outputs import DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, features_options, frame_outputs
 
     frontend = FrontEnd(FrontEndConfig.from_flat(params), on_reset=lambda reason: None)
     fallback_camera = camera_from_params(params)
@@ -81,7 +81,8 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
                         image = image_codec.decode_compressed(bag_frame.image_msg)
                     else:
                         image = image_codec.decode_image(bag_frame.image_msg)
-                    image = image_codec.to_gray_or_rgb_uint8(image, getattr(bag_frame.image_msg, "encoding", ""))
+                    image = image_codec.to_gray_or_rgb_uint8(image, getattr(bag_frame.image_msg, "encoding", ""),
+                                                             bit_depth=params["input.bit_depth"] or None)
                 except image_codec.ImageDecodeError as exc:
                     skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
                     continue
@@ -101,7 +102,7 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
                 normalizer = (lambda pts, cam=camera: normalize_points(pts, cam)) \
                     if params["output.features"] and camera is not None else None
                 for suffix, msg in frame_outputs(result, types, params["output.frame_id"] or result.frame_id,
-                                                 normalizer=normalizer):
+                                                 normalizer=normalizer, features_options=features_options(params)):
                     writer.write(prefix + suffix, OUTPUT_TOPICS[suffix], msg, result.stamp_ns)
                 newest = result.matches[0] if result.matches else None
                 if newest is not None:
