@@ -36,6 +36,8 @@ setup(
             "matcher_node = glue_ros.ros.node:main",
             "glue-ros-match = glue_ros.tools.match:main",
             "glue-ros-eval-pairs = glue_ros.tools.eval_pairs:main",
+            "glue-ros-eval-sequence = glue_ros.tools.eval_sequence:main",
+            "glue-ros-demo = glue_ros.tools.demo:main",
             "glue-ros-replay = glue_ros.tools.replay:main",
             "glue-ros-make-bag = glue_ros.tools.make_bag:main",
             "glue-ros-launch = glue_ros.tools.launch:main",

@@ -361,16 +361,23 @@ def estimate_relative_pose(points0_px: np.ndarray, points1_px: np.ndarray, camer
 def _estimate(p0: np.ndarray, p1: np.ndarray, camera0, camera1, config: PoseConfig) -> RelativePose:
     M = len(p0)
     no_inliers = np.zeros(M, bool)
+    finite = np.all(np.isfinite(p0), axis=1) & np.all(np.isfinite(p1), axis=1)
+    # Failures before any model still report the raw (distorted) median displacement: keyframe
+    # logic can use it without intrinsics.
+    raw_parallax = _median(np.linalg.norm(p1[finite] - p0[finite], axis=1))
+
+    def fail(reason: str) -> RelativePose:
+        return RelativePose(False, reason, inliers=no_inliers.copy(), parallax_px=raw_parallax)
+
     if camera0 is None or camera1 is None:
-        return RelativePose(False, "no_intrinsics", inliers=no_inliers)
+        return fail("no_intrinsics")
     for camera in (camera0, camera1):
         problem = camera.problem()
         if problem is not None:
-            return RelativePose(False, f"invalid_camera: {problem}", inliers=no_inliers)
+            return fail(f"invalid_camera: {problem}")
     min_matches = max(5, int(config.min_inliers))
-    finite = np.all(np.isfinite(p0), axis=1) & np.all(np.isfinite(p1), axis=1)
     if finite.sum() < min_matches:
-        return RelativePose(False, "too_few_matches", inliers=no_inliers)
+        return fail("too_few_matches")
     idx = np.flatnonzero(finite)
     x0 = normalize_points(p0[idx], camera0)
     x1 = normalize_points(p1[idx], camera1)
@@ -378,7 +385,7 @@ def _estimate(p0: np.ndarray, p1: np.ndarray, camera0, camera1, config: PoseConf
     idx, x0, x1 = idx[ok], x0[ok], x1[ok]
     N = len(idx)
     if N < min_matches:
-        return RelativePose(False, "too_few_matches", inliers=no_inliers)
+        return fail("too_few_matches")
 
     # Undistorted pixel positions: displacement (parallax) is measured without lens distortion.
     u0 = x0 * (camera0.fx, camera0.fy) + (camera0.cx, camera0.cy)
@@ -414,14 +421,15 @@ def _estimate(p0: np.ndarray, p1: np.ndarray, camera0, camera1, config: PoseConf
                             covariance=_rotation_covariance(R_rot, b0[rot_inliers], b1[rot_inliers], f_mean))
 
     if R_cv is None:
-        return RelativePose(False, "degenerate", inliers=no_inliers)
+        return fail("degenerate")
     n_in = int(cheirality.sum())
     inliers = no_inliers.copy()
     inliers[idx[cheirality]] = True
     if n_in < config.min_inliers or n_in < 5:
         R, t = R_cv.T, -R_cv.T @ t_cv
         return RelativePose(False, "too_few_inliers", rotation=R, translation=_unit(t), inliers=inliers,
-                            num_inliers=n_in, parallax_px=_median(displacement[cheirality]))
+                            num_inliers=n_in,
+                            parallax_px=_median(displacement[cheirality]) if n_in else raw_parallax)
 
     # Robust (Cauchy) refinement from the RANSAC inliers; then re-classify *all* correspondences
     # with the refined model (threshold + cheirality), refine robustly again, re-classify, and

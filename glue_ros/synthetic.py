@@ -95,8 +95,8 @@ class SyntheticScene:
             poly = cam if cam[:, 2].min() >= _NEAR else _clip_near(cam, _NEAR)
             if len(poly) < 3:
                 continue
-            px = poly[:, :2] / poly[:, 2:3] * (fx, fy) + (K[0, 2], K[1, 2]) if K[0, 1] == 0 else \
-                (poly @ K.T)[:, :2] / poly[:, 2:3]
+            proj = poly @ K.T
+            px = proj[:, :2] / proj[:, 2:3]
             x0, y0 = np.floor(px.min(axis=0)).astype(int)
             x1, y1 = np.ceil(px.max(axis=0)).astype(int) + 1
             x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
@@ -195,7 +195,8 @@ def _texture(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
             c1, c2 = color(), color()
             for i in range(n):
                 for j in range(n):
-                    cv2.rectangle(img, (cx + i * cell, cy + j * cell), (cx + (i + 1) * cell - 1, cy + (j + 1) * cell - 1),
+                    corner = (cx + i * cell, cy + j * cell)
+                    cv2.rectangle(img, corner, (corner[0] + cell - 1, corner[1] + cell - 1),
                                   c1 if (i + j) % 2 else c2, -1)
         else:
             text = "".join(chr(int(c)) for c in rng.integers(65, 91, int(rng.integers(2, 6))))

@@ -217,7 +217,9 @@ def test_bad_cameras(camera, fragment):
 
 def test_no_intrinsics():
     p0, p1, _ = make_pair(MOTION_R, MOTION_T, n=50)
-    assert estimate_relative_pose(p0, p1, None, CAM).reason == "no_intrinsics"
+    pose = estimate_relative_pose(p0, p1, None, CAM)
+    assert pose.reason == "no_intrinsics" and not pose.valid and pose.inliers.shape == (50,)
+    assert pose.parallax_px == pytest.approx(np.median(np.linalg.norm(p1 - p0, axis=1)))  # raw pixels
     assert estimate_relative_pose(p0, p1, CAM, None).reason == "no_intrinsics"
 
 

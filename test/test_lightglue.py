@@ -292,7 +292,7 @@ def test_rejects_wrong_checkpoint_and_options(checkpoint_dirs):
 
 @pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
 def test_parity_with_reference(ours, reference, options):
-    f0, f1 = synth_pair(384, 320, seed=1)
+    f0, f1 = synth_pair(320, 288, seed=1)
     out = forward_pair(ours.reconfigure(**options), f0, f1)
     ref = run_reference(reference, [(f0, f1)], depth=options["depth_confidence"],
                         width=options["width_confidence"])[0]
@@ -555,9 +555,31 @@ def test_empty_and_tiny_inputs(ours):
         ours.match([a], [])
 
 
+def test_image_pruned_to_nothing_ends_its_pair(ours):
+    """Pruning (matchability only here) removes every point of one image: that pair stops with no matches
+    (the original would report one layer more than it ran) while the rest of the batch goes on (kept
+    below pruning_min_keypoints so the shared head cannot prune it)."""
+    f0, f1 = synth_pair(300, 60, seed=32)
+    other = synth_pair(40, 50, seed=33)
+    ours.reconfigure(depth_confidence=-1, width_confidence=0.99, pruning_min_keypoints=55)
+    head, seen = ours.match_assignment_layers[2].matchability, {}
+    hook = head.register_forward_hook(lambda m, a, o: seen.setdefault("z", o.squeeze(-1) - m.bias))
+    forward_pair(ours, f0, f1)
+    hook.remove()
+    z0, z1 = seen["z"][0, 0, :300], seen["z"][0, 1, :60]
+    assert z1.max() + 1e-2 < z0.max()
+    with torch.no_grad():  # matchability <= 0.01 for every point up to image1's best: all of image1
+        head.bias.fill_(math.log(0.01 / 0.99) - float(z1.max()) - 1e-3)
+    out = ours.forward_features([f0, other[0]], [f1, other[1]])
+    assert out.stop_layer.tolist() == [3, 9] and out.pruned1[0, :60].all() and not out.pruned0[0].all()
+    assert (out.matches0[0] == -1).all() and (out.matches1[0] == -1).all()
+    assert (out.log_assignment[0] == -math.inf).all() and (out.matches0[1] >= 0).any()
+    assert_same_pairs(out, [forward_pair(ours, f0, f1), forward_pair(ours, *other)], [(300, 60), (40, 50)])
+
+
 @pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
 def test_bf16_mostly_agrees_with_fp32(ours, options):
-    f0, f1 = synth_pair(384, 352, seed=40)
+    f0, f1 = synth_pair(320, 300, seed=40)
     fp32 = forward_pair(ours.reconfigure(**options), f0, f1)
     ours.compute_dtype = torch.bfloat16
     bf16 = forward_pair(ours, f0, f1)

@@ -120,7 +120,8 @@ class LightGlueOutput:
     matching_scores0: torch.Tensor  # (B, M) float32 score of the mutual best match (also below threshold)
     matching_scores1: torch.Tensor  # (B, N)
     # Log-assignment of the layer each pair stopped at, scattered back to full size: [:, :M, :N] point to
-    # point, last column / row = log P(unmatched). Entries of padded or pruned points are -inf.
+    # point, last column / row = log P(unmatched). Entries of padded or pruned points, and all of a pair
+    # without keypoints (or whose image lost all points to pruning), are -inf.
     log_assignment: torch.Tensor  # (B, M+1, N+1) float32
     stop_layer: torch.Tensor  # (B,) int64 layers run (0 when an image has no keypoints)
     layers0: torch.Tensor  # (B, M) int64 layers each point took part in (0 for padding)
@@ -419,8 +420,12 @@ class LightGlue(nn.Module):
         la_buffer = torch.full((b, m + 2, n + 2), -math.inf, device=device)  # + a junk row/col for padding
         stop_layer = torch.zeros(b, dtype=torch.long, device=device)
         layers = torch.zeros(b * 2 * p, dtype=torch.long, device=device)  # flat (B, 2, P)
+        pruned = torch.zeros(b * 2 * p, dtype=torch.bool, device=device)
         has_assignment = torch.zeros(b, dtype=torch.bool, device=device)
         side = torch.arange(2, device=device)[None, :, None]
+
+        def flat(st: _Working, which: torch.Tensor) -> torch.Tensor:  # flat (B, 2, P) index of points
+            return ((st.pairs[:, None, None] * 2 + side) * p + st.index)[which]
 
         def finish(st: _Working, stop: torch.Tensor, layer_index: int, assign: bool) -> _Working:
             """Freeze the ``stop`` pairs: store their log assignment at this layer, drop them."""
@@ -436,15 +441,18 @@ class LightGlue(nn.Module):
                 has_assignment[done.pairs] = True
             return st.select(~stop)
 
-        with torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
-            st.desc = self.input_projection(st.desc)
+        def autocast():  # only the transformer runs in reduced precision; the residual stream stays float32
+            return torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
+
+        with autocast():
+            st.desc = self.input_projection(st.desc).float()
         for i, layer in enumerate(self.transformer_layers):
             if not len(st.pairs):
                 break
             rope = tuple(f(st.phases).flatten(0, 1)[:, None] for f in (torch.cos, torch.sin))
-            with torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32):
+            with autocast():
                 st.desc = layer(st.desc, rope, st.active).float()
-            layers[((st.pairs[:, None, None] * 2 + side) * p + st.index)[st.active]] += 1
+            layers[flat(st, st.active)] += 1
             last = i == arch.num_layers - 1
             stop = torch.full_like(st.pairs, last, dtype=torch.bool)
             confidences = None
@@ -459,18 +467,19 @@ class LightGlue(nn.Module):
                 matchability = self.match_assignment_layers[i].matchability_probability(st.desc)
                 keep = self.get_pruning_mask(confidences, matchability, i)
                 eligible = st.active.sum(-1, keepdim=True) > self.config.pruning_min_keypoints
-                st.active = st.active & (keep | ~eligible)
-                emptied = ~st.active.any(-1).any(-1)  # an image lost all points: nothing left to match
+                drop = st.active & ~keep & eligible
+                pruned[flat(st, drop)] = True
+                st.active = st.active & ~drop
+                emptied = (~st.active.any(-1)).any(-1)  # an image lost all points: nothing left to match
                 if emptied.any():
                     st = finish(st, emptied, i, assign=False)
-                st = st.compact()
+            st = st.compact()
 
-        layers = layers.view(b, 2, p)
-        present = valid & (layers == stop_layer[:, None, None]) & has_assignment[:, None, None]
+        layers, pruned = layers.view(b, 2, p), pruned.view(b, 2, p)
+        present = valid & ~pruned & has_assignment[:, None, None]  # points in the final assignment
         log_assignment = la_buffer[:, : m + 1, : n + 1]
         m0, m1, s0, s1 = mutual_matches(log_assignment, present[:, 0, :m], present[:, 1, :n],
                                         self.config.filter_threshold)
-        pruned = valid & (layers < stop_layer[:, None, None])
         return LightGlueOutput(m0, m1, s0, s1, log_assignment, stop_layer, layers[:, 0, :m], layers[:, 1, :n],
                                pruned[:, 0, :m], pruned[:, 1, :n])
 

@@ -7,7 +7,9 @@ No pickle path exists: tensors are read with ``safetensors`` only.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +77,13 @@ def resolve(source: str, revision: str = "") -> Path:
         from huggingface_hub.errors import HFValidationError
     except ImportError as exc:  # pragma: no cover - dependency of the package
         raise WeightsError(f"huggingface_hub is needed to resolve '{source}': {exc}") from None
+    # A full commit hash is immutable: use the cached copy without asking the hub.
+    pinned = len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower())
     paths = []
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         try:
-            path = hf_hub_download(source, name, revision=revision or None, cache_dir=hub_cache_dir(),
-                                   local_files_only=hub_offline())
+            with _quiet_hub_logging():
+                path = _download(hf_hub_download, source, name, revision, pinned)
         except HFValidationError as exc:
             raise WeightsError(f"weights '{source}' is neither a local directory nor a valid hub repo id: "
                                f"{str(exc).splitlines()[0]}") from None
@@ -88,6 +92,28 @@ def resolve(source: str, revision: str = "") -> Path:
             raise WeightsError(_not_available_message(source, revision, f"{name}: {reason}")) from None
         paths.append(Path(path))
     return paths[0].parent
+
+
+def _download(hf_hub_download, repo_id: str, filename: str, revision: str, pinned: bool) -> str:
+    kwargs = dict(revision=revision or None, cache_dir=hub_cache_dir())
+    if pinned and not hub_offline():
+        try:
+            return hf_hub_download(repo_id, filename, local_files_only=True, **kwargs)
+        except Exception:  # not cached yet: download it below
+            pass
+    return hf_hub_download(repo_id, filename, local_files_only=hub_offline(), **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet_hub_logging():
+    """huggingface_hub logs every network retry as a warning; our single error says it all."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def load_checkpoint(source: str, revision: str = "", *, drop_prefixes: tuple[str, ...] = ()) -> Checkpoint:
