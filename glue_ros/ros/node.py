@@ -18,6 +18,8 @@ from ..config import PARAMS, SPECS, FrontEndConfig, ParameterError, ParamSpec, c
 from .camera_info import camera_from_info, camera_from_params, stamp_to_ns
 
 NODE_NAME = "glue_ros_matcher"
+LOG_PERIOD_S = 2.0  # warnings about bad input: at most one per reason per period
+NO_INPUT_WARN_S = 5.0  # diagnostics warn when no frame arrived for this long (after a first one)
 
 
 class LatencyWindow:
@@ -42,6 +44,7 @@ class Counters:
     resets: int = 0
     keyframes: int = 0
     camera_info_received: int = 0
+    camera_info_rejected: int = 0  # unusable CameraInfo messages (NaN / zero K ...), not stored
     errors: int = 0
     valid_poses: int = 0
 
@@ -65,20 +68,20 @@ def _descriptor(spec: ParamSpec):
     return descriptor
 
 
+def _suggest(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(SPECS), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def _make_node_class():
     """Defined lazily so `import glue_ros.ros.node` works without rclpy (e.g. for docs/tests)."""
-    import rclpy
+    from rclpy.clock import Clock, ClockType
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
     from rcl_interfaces.msg import SetParametersResult
     from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-
-    from ..device import describe
-    from ..frontend import Frame, FrontEnd
-    from ..models.weights import WeightsError
-    from ..device import DeviceError
-    from . import image_codec, messages
-    from .outputs import DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, features_options, frame_outputs
 
     class MatcherNode(Node):
         def __init__(self, **kwargs):
@@ -86,12 +89,25 @@ def _make_node_class():
             self.counters = Counters()
             self.latency = LatencyWindow()
             self.processing = LatencyWindow()
+            self._warned: set[str] = set()
+            self._log_times: dict[str, float] = {}
+            # Parameters first, before torch and the models are imported: a bad value fails in < 1 s.
             self._flat = self._declare_and_read_parameters()
             self._last = {"keypoints": 0, "matches": 0, "inliers": 0, "stop_layer": -1}
             self._started = time.monotonic()
             self._last_output: float | None = None
+            self._last_input: float | None = None
             self._rates: dict[str, tuple[float, int]] = {}
-            self._warned: set[str] = set()
+            self._busy = False  # the worker holds a frame (taken from the queue, not yet counted)
+
+            from ..device import DeviceError, describe
+            from ..frontend import Frame, FrontEnd
+            from ..models.weights import WeightsError
+            from . import image_codec, messages
+            from .outputs import DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, features_options, frame_outputs
+
+            self._Frame, self._image_codec, self._messages = Frame, image_codec, messages
+            self._frame_outputs, self._features_options, self._describe = frame_outputs, features_options, describe
             try:
                 self.frontend = FrontEnd(FrontEndConfig.from_flat(self._flat),
                                          on_reset=self._on_reset)
@@ -102,15 +118,6 @@ def _make_node_class():
             self._fallback_camera = camera_from_params(self._flat)
             self._cameras: collections.OrderedDict[int, object] = collections.OrderedDict()
             self._latest_camera = None
-
-            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-            input_qos = qos_profile_sensor_data if self._flat["input.qos"] == "sensor_data" else reliable
-            if self._flat["input.compressed"]:
-                self.create_subscription(CompressedImage, "image/compressed",
-                                         lambda m: self._enqueue(m, "compressed"), input_qos)
-            else:
-                self.create_subscription(Image, "image", lambda m: self._enqueue(m, "raw"), input_qos)
-            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, input_qos)
 
             out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
             suffixes = [k for k in OUTPUT_TOPICS if k != "features" or self._flat["output.features"]]
@@ -129,7 +136,19 @@ def _make_node_class():
             self._stop = threading.Event()
             self._worker = threading.Thread(target=self._work, name="glue_ros_worker", daemon=True)
             self._worker.start()
-            self.create_timer(self._flat["diagnostics.period_s"], self._publish_diagnostics)
+            # Steady clock: diagnostics keep coming with use_sim_time while /clock is paused or absent.
+            self.create_timer(self._flat["diagnostics.period_s"], self._publish_diagnostics,
+                              clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+            # Inputs last: once the node is seen subscribing, it is ready to process.
+            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+            input_qos = qos_profile_sensor_data if self._flat["input.qos"] == "sensor_data" else reliable
+            if self._flat["input.compressed"]:
+                self.create_subscription(CompressedImage, "image/compressed",
+                                         lambda m: self._enqueue(m, "compressed"), input_qos)
+            else:
+                self.create_subscription(Image, "image", lambda m: self._enqueue(m, "raw"), input_qos)
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, input_qos)
             self.get_logger().info(
                 f"ready: {self.frontend.config.extractor.type} + {self.frontend.config.matcher.type} on "
                 f"{describe(self.frontend.device)} ({str(self.frontend.dtype).replace('torch.', '')}), "
@@ -141,16 +160,27 @@ def _make_node_class():
         def _declare_and_read_parameters(self) -> dict:
             from rclpy.exceptions import ParameterException
 
+            from rclpy.parameter import Parameter
+
             values = {}
             for spec in PARAMS:
+                override = self._parameter_overrides.get(spec.name)
+                if override is not None and override.type_ != Parameter.Type.from_parameter_value(spec.default):
+                    # YAML `parallax_px: 40` is an INTEGER, `distortion: [0, 0, 0, 0, 0]` an INTEGER_ARRAY:
+                    # convert what converts exactly (config.coerce), name the parameter otherwise.
+                    try:
+                        value = coerce(spec, override.value)
+                    except ParameterError as exc:
+                        raise StartupError(str(exc)) from None
+                    self._parameter_overrides[spec.name] = Parameter(spec.name, value=value)
                 try:
                     param = self.declare_parameter(spec.name, spec.default, _descriptor(spec))
                     values[spec.name] = param.value
                 except (ParameterException, TypeError, ValueError) as exc:
                     raise StartupError(f"parameter '{spec.name}': {str(exc).splitlines()[0]}") from None
             unknown = [name for name in self._parameter_overrides if name not in SPECS and name != "use_sim_time"]
-            if unknown:
-                self.get_logger().warning(f"ignoring unknown parameter(s): {', '.join(sorted(unknown))}")
+            for name in sorted(unknown):
+                self.get_logger().warning(f"ignoring unknown parameter '{name}'{_suggest(name)}")
             try:
                 return validate(values)
             except ParameterError as exc:
@@ -187,6 +217,7 @@ def _make_node_class():
         def _enqueue(self, msg, kind: str) -> None:
             with self._cond:
                 self.counters.received += 1
+                self._last_input = time.monotonic()
                 if len(self._queue) == self._queue.maxlen:
                     self.counters.dropped_queue += 1  # deque drops the oldest on append
                 self._queue.append((msg, kind, time.monotonic()))
@@ -195,6 +226,13 @@ def _make_node_class():
         def _on_camera_info(self, msg) -> None:
             self.counters.camera_info_received += 1
             camera = camera_from_info(msg)
+            problem = camera.problem()
+            if problem:
+                # Not stored: frames keep using the last usable intrinsics (or camera.* / none).
+                self.counters.camera_info_rejected += 1
+                self._log_limited("camera_info", f"CameraInfo ignored: {problem} "
+                                  f"[{self.counters.camera_info_rejected} so far]")
+                return
             self._cameras[stamp_to_ns(msg.header.stamp)] = camera
             while len(self._cameras) > 64:
                 self._cameras.popitem(last=False)
@@ -203,13 +241,9 @@ def _make_node_class():
         def _camera_for(self, stamp_ns: int):
             camera = self._cameras.get(stamp_ns) or self._latest_camera or self._fallback_camera
             if camera is None:
-                self._warn_once("no_intrinsics", "no CameraInfo received and no camera.* parameters: "
+                unusable = " (the CameraInfo received is unusable)" if self.counters.camera_info_rejected else ""
+                self._warn_once("no_intrinsics", f"no CameraInfo received{unusable} and no camera.* parameters: "
                                 "matches are published, the relative pose is not")
-                return None
-            problem = camera.problem()
-            if problem:
-                self._reject("bad_camera_info", f"CameraInfo unusable ({problem}): pose unavailable for this frame")
-                return None
             return camera
 
         # -------------------------------------------------------------- worker
@@ -222,26 +256,41 @@ def _make_node_class():
                     if self._stop.is_set():
                         return
                     msg, kind, received_at = self._queue.popleft()
+                    self._busy = True
                 try:
                     self._process(msg, kind, received_at)
                 except Exception as exc:  # never let one frame kill the worker
                     self.counters.errors += 1
-                    self._reject("error", f"frame failed: {type(exc).__name__}: {exc}")
+                    if self._busy:  # not counted yet (an error after publishing is only logged)
+                        self._reject("error", f"frame failed: {type(exc).__name__}: {exc}")
+                    else:
+                        self._log_limited("error", f"frame failed after publishing: {type(exc).__name__}: {exc}")
+                finally:
+                    with self._cond:
+                        self._busy = False
+
+        def _apply_pending_config(self) -> None:
+            config, self._pending_config = self._pending_config, None
+            try:
+                self.frontend.update_config(config)
+            except Exception as exc:  # checked in _on_set_parameters already; never lose a frame to it
+                self.counters.errors += 1
+                self.get_logger().error(f"parameter update not applied: {exc}")
 
         def _process(self, msg, kind: str, received_at: float) -> None:
             if self._pending_config is not None:
-                config, self._pending_config = self._pending_config, None
-                self.frontend.update_config(config)
+                self._apply_pending_config()
+            image_codec = self._image_codec
             stamp_ns = stamp_to_ns(msg.header.stamp)
             try:
                 image = image_codec.decode_compressed(msg) if kind == "compressed" else image_codec.decode_image(msg)
                 image = image_codec.to_gray_or_rgb_uint8(image, getattr(msg, "encoding", ""),
                                                          bit_depth=self._flat["input.bit_depth"] or None)
             except image_codec.ImageDecodeError as exc:
-                self._reject(exc.reason, f"image dropped: {exc}")
+                self._reject(exc.reason, f"image at {stamp_ns} ns dropped: {exc}")
                 return
             camera = self._camera_for(stamp_ns)
-            frame = Frame(image, stamp_ns, msg.header.frame_id, camera)
+            frame = self._Frame(image, stamp_ns, msg.header.frame_id, camera)
             try:
                 result = self.frontend.process(frame)
             except Exception as exc:
@@ -254,7 +303,9 @@ def _make_node_class():
                 self._reject(result.status, f"frame at {stamp_ns} ns dropped: {result.status}")
                 return
             self._publish(result, msg.header, image, camera)
-            self.counters.processed += 1
+            with self._cond:  # counted and released together: diagnostics see consistent totals
+                self.counters.processed += 1
+                self._busy = False
             self.counters.valid_poses += int(result.pose is not None and result.pose.valid)
             self._last_output = time.monotonic()
             self.processing.add((time.monotonic() - received_at) * 1e3)
@@ -268,9 +319,9 @@ def _make_node_class():
                 normalizer = lambda pts: normalize_points(pts, camera)  # noqa: E731
             want_debug = self.pub_debug.get_subscription_count() > 0  # drawn only when someone looks
             frame_id = self._flat["output.frame_id"] or header.frame_id
-            for suffix, msg in frame_outputs(result, self.types, frame_id, normalizer=normalizer,
-                                             image=image if want_debug else None,
-                                             features_options=features_options(self._flat)):
+            for suffix, msg in self._frame_outputs(result, self.types, frame_id, normalizer=normalizer,
+                                                   image=image if want_debug else None,
+                                                   features_options=self._features_options(self._flat)):
                 self.publishers_by_suffix[suffix].publish(msg)
             if result.keyframe.is_keyframe:
                 self.counters.keyframes += 1
@@ -285,9 +336,20 @@ def _make_node_class():
             self.get_logger().warning(f"keyframe buffer reset: {reason}")
 
         def _reject(self, reason: str, text: str) -> None:
-            self.counters.rejected[reason] += 1
-            self.get_logger().warning(f"{text} [{reason}; {self.counters.rejected[reason]} so far]",
-                                      throttle_duration_sec=2.0)
+            """Count a frame that gave no output (worker thread) and warn, rate-limited per reason."""
+            with self._cond:
+                self.counters.rejected[reason] += 1
+                self._busy = False
+            self._log_limited(reason, f"{text} [{reason}; {self.counters.rejected[reason]} so far]")
+
+        def _log_limited(self, key: str, text: str, period_s: float = LOG_PERIOD_S) -> None:
+            """Warn at most once per ``period_s`` per ``key`` (each reason has its own budget, so a
+            flood of one kind of bad input cannot hide another); counts are in the diagnostics."""
+            now = time.monotonic()
+            last = self._log_times.get(key)
+            if last is None or now - last >= period_s:
+                self._log_times[key] = now
+                self.get_logger().warning(text)
 
         def _warn_once(self, key: str, text: str) -> None:
             if key not in self._warned:
@@ -304,20 +366,38 @@ def _make_node_class():
         def figures(self) -> dict:
             c = self.counters
             matches = self._last["matches"]
-            received, seconds = self._period_delta("received", c.received)
-            processed, _ = self._period_delta("processed", c.processed)
-            dropped, _ = self._period_delta("dropped", c.dropped_queue + sum(c.rejected.values()))
+            with self._cond:  # a consistent snapshot: received = processed + dropped + rejected + pending
+                received_total, processed_total = c.received, c.processed
+                rejected = dict(c.rejected)
+                pending = len(self._queue) + int(self._busy)
+            received, seconds = self._period_delta("received", received_total)
+            processed, _ = self._period_delta("processed", processed_total)
+            dropped, _ = self._period_delta("dropped", c.dropped_queue + sum(rejected.values()))
             poses, _ = self._period_delta("poses", c.valid_poses)
-            since_output = time.monotonic() - (self._last_output or self._started)
+            now = time.monotonic()
+            last_input, last_output = self._last_input, self._last_output or self._started
+            # How long input has gone without output: a frame waiting → since the last output; else the
+            # span of input after the last output (all rejected). A camera or bag that stopped is
+            # "no input" (a warning), not a stalled matcher (an error).
+            if pending:
+                since_output = now - last_output
+            else:
+                since_output = max(last_input - last_output, 0.0) if last_input is not None else 0.0
+            since_input = now - last_input if last_input is not None else 0.0
+            intrinsics = ("camera_info" if self._latest_camera is not None else
+                          "parameters" if self._fallback_camera is not None else "none")
             return {
                 "input_rate_hz": received / seconds, "processed_rate_hz": processed / seconds,
-                "frames_received": c.received, "frames_processed": c.processed,
+                "frames_received": received_total, "frames_processed": processed_total,
+                "frames_pending": pending,  # in the queue or being processed
                 "frames_dropped": dropped,  # this period (queue overflow + rejected input)
                 "frames_dropped_queue_total": c.dropped_queue,
-                "frames_rejected_total": sum(c.rejected.values()),
-                **{f"rejected.{k}": v for k, v in sorted(c.rejected.items())},
+                "frames_rejected_total": sum(rejected.values()),
+                **{f"rejected.{k}": v for k, v in sorted(rejected.items())},
                 "stalled": bool(received > 0 and processed == 0 and since_output > 5.0),
-                "seconds_since_output": since_output if c.received else 0.0,
+                "seconds_since_output": since_output,
+                "seconds_since_input": since_input,
+                **({"warning": f"no input for {since_input:.0f} s"} if since_input > NO_INPUT_WARN_S else {}),
                 "pose_valid_ratio": poses / processed if processed else 1.0,
                 "latency_p50_ms": self.latency.percentile(50), "latency_p99_ms": self.latency.percentile(99),
                 "processing_p50_ms": self.processing.percentile(50),
@@ -327,15 +407,19 @@ def _make_node_class():
                 "lightglue_stop_layer": self._last["stop_layer"],
                 "keyframes": c.keyframes, "resets": c.resets, "errors": c.errors,
                 "camera_info_received": c.camera_info_received,
-                "device": describe(self.frontend.device),
+                "camera_info_rejected": c.camera_info_rejected,
+                "intrinsics": intrinsics,
+                **({"no_pose": "no intrinsics (no usable CameraInfo, no camera.* parameters)"}
+                   if intrinsics == "none" else {}),
+                "device": self._describe(self.frontend.device),
             }
 
         def _publish_diagnostics(self) -> None:
             figures = self.figures()
             stamp_ns = self.get_clock().now().nanoseconds
-            self.pub_diagnostics.publish(messages.diagnostics(figures, self.types, stamp_ns,
-                                                              name=f"{self.get_fully_qualified_name()}: front-end",
-                                                              hardware_id=figures["device"]))
+            self.pub_diagnostics.publish(self._messages.diagnostics(
+                figures, self.types, stamp_ns, name=f"{self.get_fully_qualified_name()}: front-end",
+                hardware_id=figures["device"]))
 
         def close(self) -> None:
             self._stop.set()
@@ -364,7 +448,12 @@ def main(args: list[str] | None = None) -> int:
     import rclpy
     from rclpy.executors import ExternalShutdownException
 
-    rclpy.init(args=args if args is not None else sys.argv)
+    try:
+        rclpy.init(args=args if args is not None else sys.argv)
+    except Exception as exc:  # unreadable --params-file, malformed --ros-args: rcl says which
+        detail = " ".join(str(exc).split())
+        print(f"[{NODE_NAME}] error: invalid ROS arguments: {detail}", file=sys.stderr)
+        return 2
     node = None
     code = 0
     try:

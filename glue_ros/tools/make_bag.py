@@ -70,8 +70,9 @@ def image_folder_frames(directory: Path, rate: float | None, rgb_txt: Path | Non
         for line in rgb_txt.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
                 stamp, name = line.split()[:2]
-                entries.append((int(round(float(stamp) * 1e9)), directory / name if not Path(name).is_absolute()
-                                else Path(name)))
+                # TUM lists paths relative to the dataset root (rgb.txt's folder), e.g. "rgb/1.png"
+                path = rgb_txt.parent / name
+                entries.append((int(round(float(stamp) * 1e9)), path if path.exists() else directory / name))
         if not entries:
             raise CliError(f"{rgb_txt} lists no images")
     else:

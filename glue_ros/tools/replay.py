@@ -61,7 +61,6 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
     from ..ros.messages import RosbagsTypes, diagnostics
     from ..ros.outputs import DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, features_options, frame_outputs
 
-    frontend = FrontEnd(FrontEndConfig.from_flat(params), on_reset=lambda reason: None)
     fallback_camera = camera_from_params(params)
     prefix = "/" + "/".join(p for p in (namespace.strip("/"), NODE_NAME) if p) + "/"
     summary = ReplaySummary()
@@ -69,62 +68,67 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
     stop_layers: list[int] = []
     skipped: dict[str, int] = {}
     t_start = time.perf_counter()
-    with BagFrames(input_bag, image_topic, camera_info_topic) as frames, BagWriter(output_bag, storage) as writer:
-        types = RosbagsTypes(writer.typestore)
-        bar = _progress(frames.expected_images, progress)
-        try:
-            for bag_frame in frames:
-                summary.frames += 1
-                bar.update(1)
-                try:
-                    if bag_frame.msgtype.endswith("CompressedImage"):
-                        image = image_codec.decode_compressed(bag_frame.image_msg)
-                    else:
-                        image = image_codec.decode_image(bag_frame.image_msg)
-                    image = image_codec.to_gray_or_rgb_uint8(image, getattr(bag_frame.image_msg, "encoding", ""),
-                                                             bit_depth=params["input.bit_depth"] or None)
-                except image_codec.ImageDecodeError as exc:
-                    skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
-                    continue
-                camera = camera_from_info(bag_frame.camera_info) if bag_frame.camera_info is not None \
-                    else fallback_camera
-                if camera is not None and camera.problem():
-                    skipped["bad_camera_info"] = skipped.get("bad_camera_info", 0) + 1
-                    camera = None
-                result = frontend.process(Frame(image, bag_frame.stamp_ns, bag_frame.image_msg.header.frame_id,
-                                                camera))
-                if result.status not in ("ok", "no_features"):
-                    skipped[result.status] = skipped.get(result.status, 0) + 1
-                    continue
-                summary.processed += 1
-                if results is not None:
-                    results.append(result)
-                normalizer = (lambda pts, cam=camera: normalize_points(pts, cam)) \
-                    if params["output.features"] and camera is not None else None
-                for suffix, msg in frame_outputs(result, types, params["output.frame_id"] or result.frame_id,
-                                                 normalizer=normalizer, features_options=features_options(params)):
-                    writer.write(prefix + suffix, OUTPUT_TOPICS[suffix], msg, result.stamp_ns)
-                newest = result.matches[0] if result.matches else None
-                if newest is not None:
-                    matches_total += len(newest)
-                    inliers_total += int(newest.inliers.sum())
-                    summary.valid_poses += int(newest.pose.valid)
-                if result.stop_layer >= 0:
-                    stop_layers.append(result.stop_layer)
-                bar.set_postfix_str(f"kf {frontend.stats.keyframes} matches {len(newest) if newest else 0}")
-                if diagnostics_every and summary.processed % diagnostics_every == 0:
-                    elapsed = time.perf_counter() - t_start
-                    figures = {"frames_processed": summary.processed, "keyframes": frontend.stats.keyframes,
-                               "resets": frontend.stats.resets, "frames_rejected": sum(skipped.values()),
-                               **{f"rejected.{k}": v for k, v in sorted(skipped.items())},
-                               "processed_rate_hz": summary.processed / max(elapsed, 1e-9),
-                               "matches": len(newest) if newest else 0, "lightglue_stop_layer": result.stop_layer,
-                               "device": describe(frontend.device)}
-                    writer.write(DIAGNOSTICS_TOPIC[0], DIAGNOSTICS_TOPIC[1],
-                                 diagnostics(figures, types, result.stamp_ns, name=prefix.rstrip("/") + ": front-end",
-                                             hardware_id=figures["device"]), result.stamp_ns)
-        finally:
-            bar.close()
+    with BagFrames(input_bag, image_topic, camera_info_topic) as frames:
+        if Path(output_bag).exists():  # checked before loading models: fail fast
+            raise CliError(f"output bag '{output_bag}' already exists (remove it or choose another --output)")
+        frontend = FrontEnd(FrontEndConfig.from_flat(params), on_reset=lambda reason: None)
+        with BagWriter(output_bag, storage) as writer:
+            types = RosbagsTypes(writer.typestore)
+            bar = _progress(frames.expected_images, progress)
+            try:
+                for bag_frame in frames:
+                    summary.frames += 1
+                    bar.update(1)
+                    try:
+                        if bag_frame.msgtype.endswith("CompressedImage"):
+                            image = image_codec.decode_compressed(bag_frame.image_msg)
+                        else:
+                            image = image_codec.decode_image(bag_frame.image_msg)
+                        image = image_codec.to_gray_or_rgb_uint8(image, getattr(bag_frame.image_msg, "encoding", ""),
+                                                                 bit_depth=params["input.bit_depth"] or None)
+                    except image_codec.ImageDecodeError as exc:
+                        skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
+                        continue
+                    camera = camera_from_info(bag_frame.camera_info) if bag_frame.camera_info is not None \
+                        else fallback_camera
+                    if camera is not None and camera.problem():
+                        skipped["bad_camera_info"] = skipped.get("bad_camera_info", 0) + 1
+                        camera = None
+                    result = frontend.process(Frame(image, bag_frame.stamp_ns, bag_frame.image_msg.header.frame_id,
+                                                    camera))
+                    if result.status not in ("ok", "no_features"):
+                        skipped[result.status] = skipped.get(result.status, 0) + 1
+                        continue
+                    summary.processed += 1
+                    if results is not None:
+                        results.append(result)
+                    normalizer = (lambda pts, cam=camera: normalize_points(pts, cam)) \
+                        if params["output.features"] and camera is not None else None
+                    for suffix, msg in frame_outputs(result, types, params["output.frame_id"] or result.frame_id,
+                                                     normalizer=normalizer, features_options=features_options(params)):
+                        writer.write(prefix + suffix, OUTPUT_TOPICS[suffix], msg, result.stamp_ns)
+                    newest = result.matches[0] if result.matches else None
+                    if newest is not None:
+                        matches_total += len(newest)
+                        inliers_total += int(newest.inliers.sum())
+                        summary.valid_poses += int(newest.pose.valid)
+                    if result.stop_layer >= 0:
+                        stop_layers.append(result.stop_layer)
+                    bar.set_postfix_str(f"kf {frontend.stats.keyframes} matches {len(newest) if newest else 0}")
+                    if diagnostics_every and summary.processed % diagnostics_every == 0:
+                        elapsed = time.perf_counter() - t_start
+                        figures = {"frames_processed": summary.processed, "keyframes": frontend.stats.keyframes,
+                                   "resets": frontend.stats.resets, "frames_rejected": sum(skipped.values()),
+                                   **{f"rejected.{k}": v for k, v in sorted(skipped.items())},
+                                   "processed_rate_hz": summary.processed / max(elapsed, 1e-9),
+                                   "matches": len(newest) if newest else 0, "lightglue_stop_layer": result.stop_layer,
+                                   "device": describe(frontend.device)}
+                        writer.write(DIAGNOSTICS_TOPIC[0], DIAGNOSTICS_TOPIC[1],
+                                     diagnostics(figures, types, result.stamp_ns,
+                                                 name=prefix.rstrip("/") + ": front-end",
+                                                 hardware_id=figures["device"]), result.stamp_ns)
+            finally:
+                bar.close()
         skipped_corrupt = frames.stats.corrupt
     elapsed = time.perf_counter() - t_start
     summary.skipped = sum(skipped.values()) + skipped_corrupt

@@ -1,0 +1,468 @@
+"""The matcher node on a real DDS graph: the node runs in its own process (``python -m
+glue_ros.ros.node --ros-args ...``, as ``ros2 run glue_ros matcher_node`` would), this test process
+publishes synthetic camera frames with exact ground truth and records what the node publishes.
+
+Frames are paced (each one waits for its ~/matches) wherever a test counts outputs, so nothing is
+dropped; waits are on conditions with timeouts, never sleeps. One node process per scenario, reused
+across the tests of that scenario (they depend on one another only through stamps, which always
+move forward; counters are compared as deltas), and every process is killed at teardown.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+import rosgraph as rg
+from glue_ros.geometry import rotation_angle_deg, translation_angle_deg
+from glue_ros.ros.messages import (decode_keyframe, decode_matches, decode_relative_pose, pose_keyframe)
+from glue_ros.synthetic import render_sequence
+
+DIAGNOSTIC_KEYS = (
+    "input_rate_hz", "processed_rate_hz", "frames_received", "frames_processed", "frames_pending", "frames_dropped",
+    "frames_dropped_queue_total", "frames_rejected_total", "stalled", "seconds_since_output", "pose_valid_ratio",
+    "latency_p50_ms", "latency_p99_ms", "processing_p50_ms", "processing_p99_ms", "keypoints", "matches",
+    "inlier_ratio", "lightglue_stop_layer", "keyframes", "resets", "errors", "camera_info_received",
+    "camera_info_rejected", "intrinsics", "device")
+
+CLASSICAL = {"device": "cpu", "extractor.type": "orb", "matcher.type": "nn", "extractor.max_keypoints": 800,
+             "keyframes.parallax_px": 40, "diagnostics.period_s": 0.1}  # 40: an integer YAML value for a float
+
+
+@pytest.fixture(scope="module")
+def graph():
+    with rg.Graph("test_node") as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def sideways():
+    """640x480 (0.9 MB rgb8 frames: over Fast DDS' default 0.5 MB shared-memory segment)."""
+    return render_sequence(16, motion="sideways", speed=1.5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return render_sequence(60, 320, 240, motion="sideways", speed=1.5, seed=4)
+
+
+def totals(d: dict) -> tuple[int, int]:
+    """(frames received, frames accounted for: processed + dropped by the queue + rejected + pending)."""
+    return int(d["frames_received"]), (int(d["frames_processed"]) + int(d["frames_dropped_queue_total"])
+                                      + int(d["frames_rejected_total"]) + int(d["frames_pending"]))
+
+
+def settled(topics: rg.MatcherTopics, timeout: float = 20.0) -> dict:
+    """Diagnostics once the node is idle (nothing pending, two reports with the same input count)."""
+    previous: list[int] = []
+
+    def idle(d):
+        if int(d["frames_pending"]) != 0:
+            return False
+        previous.append(int(d["frames_received"]))
+        return len(previous) >= 2 and previous[-1] == previous[-2]
+
+    return topics.wait_for_diagnostics(idle, timeout, "idle node diagnostics")
+
+
+_last_stamp = [0]
+
+
+def now_stamps(count: int, period_ns: int = 33_333_333) -> list[int]:
+    """Wall-clock stamps (so the node's stamp→publish latency is real), always after earlier ones."""
+    start = max(time.time_ns(), _last_stamp[0] + period_ns)
+    stamps = [start + i * period_ns for i in range(count)]
+    _last_stamp[0] = stamps[-1]
+    return stamps
+
+
+# =============================================================================== classical node
+
+
+@pytest.fixture(scope="module")
+def classical(graph, tmp_path_factory):
+    """ORB + nn node from a params file (YAML) plus -p overrides, in namespace /t_classical."""
+    tmp = tmp_path_factory.mktemp("classical")
+    params = rg.write_params(tmp / "params.yaml", dict(CLASSICAL, **{"camera.distortion": [0, 0, 0, 0, 0]}))
+    proc = rg.start_node("--params-file", str(params), namespace="/t_classical", log_dir=tmp, label="classical",
+                         params={"extractor.max_keypoints": 600, "keyframes.max_interval_s": 0.5})
+    try:
+        topics = rg.MatcherTopics(graph, "/t_classical")
+        topics.wait_ready(proc)
+        yield proc, topics
+    finally:
+        proc.close()
+
+
+def test_params_file_and_overrides_are_applied(classical, graph):
+    proc, topics = classical
+    values = graph.get_parameters(topics.fqn, ["extractor.type", "matcher.type", "extractor.max_keypoints",
+                                               "keyframes.max_interval_s", "keyframes.parallax_px",
+                                               "camera.distortion", "device", "input.queue_size"])
+    assert values["extractor.type"] == "orb" and values["matcher.type"] == "nn"  # from the YAML
+    assert values["extractor.max_keypoints"] == 600  # -p wins over the YAML's 800
+    assert values["keyframes.max_interval_s"] == 0.5  # -p
+    assert values["keyframes.parallax_px"] == 40.0 and isinstance(values["keyframes.parallax_px"], float)
+    assert list(values["camera.distortion"]) == [0.0] * 5
+    assert values["device"] == "cpu" and values["input.queue_size"] == 1  # YAML / default
+    assert "ready: orb + nn on cpu" in proc.output()
+
+
+def test_paced_sequence_matches_poses_keyframes(classical, sideways):
+    proc, topics = classical
+    seq = sideways
+    stamps = now_stamps(len(seq))
+    first_keyframes = len(topics.keyframes)
+    for image, stamp in zip(seq.images, stamps):
+        topics.publish_and_wait(image, stamp, seq.camera, frame_id="cam_optical")
+    index = {s: i for i, s in enumerate(stamps)}
+
+    # every frame: a matches message with its own stamp and frame_id, in order
+    matches = {s: decode_matches(topics.matches.by_stamp(s)) for s in stamps}
+    assert [s for s in topics.matches.stamps() if s in index] == stamps
+    keyframe_events = {}
+    topics.graph.wait_for(lambda: any(rg.stamp_of(m) == stamps[0] for m in topics.keyframes.messages), 5.0,
+                          "the first keyframe event")
+    for msg in topics.keyframes.messages[first_keyframes:]:
+        kf = decode_keyframe(msg)
+        keyframe_events[kf.stamp_ns] = kf
+    assert set(keyframe_events) <= set(stamps), "keyframe events carry stamps of published frames"
+    assert stamps[0] in keyframe_events, "the first frame of the sequence (after a reset) is a keyframe"
+    assert 2 <= len(keyframe_events) < len(stamps)
+    for s, m in matches.items():
+        assert m.stamp_ns == s and m.frame_id == "cam_optical"
+        if s == stamps[0]:
+            assert len(m) == 0
+            continue
+        assert len(m) >= 50, f"frame {index[s]}: {len(m)} matches"
+        kf_stamps = set(m.keyframe_stamp_ns.tolist())
+        assert kf_stamps <= set(keyframe_events), "matched keyframes are keyframe events of this sequence"
+        assert all(k < s for k in kf_stamps), "keyframes are earlier frames"
+        for kf_stamp in kf_stamps:  # the keyframe points are that keyframe's keypoints
+            kf = keyframe_events[kf_stamp]
+            sel = m.keyframe_stamp_ns == kf_stamp
+            np.testing.assert_array_equal(m.keyframe_points[sel], kf.points[m.kf_kp_indices[sel]])
+            assert set(m.keyframe_ids[sel].tolist()) == {kf.keyframe_id}
+        assert np.all((m.points >= 0) & (m.points < [640, 480]))
+
+    # relative poses against ground truth
+    poses = {rg.stamp_of(p): decode_relative_pose(p) for p in topics.poses.messages if rg.stamp_of(p) in index}
+    assert len(poses) >= len(stamps) - 3, f"only {len(poses)} valid poses for {len(stamps)} frames"
+    checked = 0
+    for s, pose in poses.items():
+        m = matches[s]
+        kf_id, kf_stamp = pose_keyframe(s, m)
+        R, t = seq.relative_pose(index[kf_stamp], index[s])
+        newest = (m.kf_rank == 0) & m.inliers
+        parallax = float(np.median(np.linalg.norm(m.points[newest] - m.keyframe_points[newest], axis=1)))
+        assert rotation_angle_deg(pose.rotation, R) < 1.0, (index[s], parallax)
+        if parallax >= 15.0:
+            assert translation_angle_deg(pose.translation, t) < 5.0, (index[s], parallax)
+            checked += 1
+        assert abs(np.linalg.norm(pose.translation) - 1.0) < 1e-6
+        assert np.all(np.isfinite(pose.covariance)) and np.all(np.diag(pose.covariance) >= 0)
+    assert checked >= 4, f"only {checked} poses with enough parallax"
+
+
+def test_diagnostics_content(classical, sideways):
+    proc, topics = classical
+    d = topics.wait_for_diagnostics(lambda d: int(d["frames_processed"]) >= len(sideways))
+    assert set(DIAGNOSTIC_KEYS) <= set(d), set(DIAGNOSTIC_KEYS) - set(d)
+    assert d["device"] == "cpu" and d["_hardware_id"] == "cpu"
+    assert d["intrinsics"] == "camera_info" and int(d["camera_info_received"]) >= len(sideways)
+    assert int(d["frames_received"]) == int(d["frames_processed"]) >= len(sideways)
+    assert int(d["frames_dropped_queue_total"]) == 0 and int(d["frames_rejected_total"]) == 0
+    assert int(d["keyframes"]) >= 2 and int(d["errors"]) == 0 and d["stalled"] == "false"
+    for key in ("latency_p50_ms", "latency_p99_ms", "processing_p50_ms", "processing_p99_ms"):
+        assert 0.0 < float(d[key]) < 30_000.0, (key, d[key])  # stamps are wall-clock: a real latency
+    assert float(d["latency_p50_ms"]) <= float(d["latency_p99_ms"])
+    assert 0 < int(d["keypoints"]) <= 600 and int(d["lightglue_stop_layer"]) == -1
+    assert 0.0 <= float(d["inlier_ratio"]) <= 1.0
+    assert d["_level"] == 0 and d["_message"] == "ok"
+
+
+def test_live_parameter_update_and_restart_only_rejected(classical, small, graph):
+    proc, topics = classical
+    stamps = now_stamps(10)
+
+    def keyframe_stamps():
+        return {rg.stamp_of(m) for m in topics.keyframes.messages}
+
+    for i in (0, 1, 2):  # the first one starts a fresh keyframe buffer (image size change)
+        topics.publish_and_wait(small.images[i], stamps[i], small.camera)
+    topics.graph.wait_for(lambda: stamps[0] in keyframe_stamps(), 5.0, "keyframe event of frame 0")
+    assert not {stamps[1], stamps[2]} & keyframe_stamps(), "1 and 2 are ordinary frames"
+    (ok,) = graph.set_parameters(topics.fqn, {"keyframes.min_matches": 100000})
+    assert ok.successful, ok.reason
+    for i in (3, 4, 5, 6):
+        topics.publish_and_wait(small.images[i], stamps[i], small.camera)
+    topics.graph.wait_for(lambda: {stamps[i] for i in (3, 4, 5, 6)} <= keyframe_stamps(), 5.0,
+                          "every frame is a keyframe now")
+    (ok,) = graph.set_parameters(topics.fqn, {"keyframes.min_matches": 80})
+    assert ok.successful, ok.reason
+    for i in (7, 8, 9):
+        topics.publish_and_wait(small.images[i], stamps[i], small.camera)
+    m = decode_matches(topics.matches.by_stamp(stamps[9]))
+    assert set(m.keyframe_stamp_ns.tolist()) == {stamps[6]}, "back to normal: frames 7..9 match keyframe 6"
+    assert "parameters updated: keyframes.min_matches=100000" in proc.output()
+
+    for name, value in (("extractor.type", "sift"), ("device", "cuda"), ("matcher.type", "lightglue")):
+        (result,) = graph.set_parameters(topics.fqn, {name: value})
+        assert not result.successful and name in result.reason and "restart" in result.reason, result.reason
+    (bad,) = graph.set_parameters(topics.fqn, {"keyframes.min_matches": -5})  # outside the declared range
+    assert not bad.successful
+    values = graph.get_parameters(topics.fqn, ["extractor.type", "device", "keyframes.min_matches"])
+    assert values == {"extractor.type": "orb", "device": "cpu", "keyframes.min_matches": 80}
+    assert proc.alive()
+
+
+def _bad_image(kind: str, good, stamp: int):
+    """A sensor_msgs/Image that must be rejected with ``kind`` (built from a good message)."""
+    msg = rg.image_msg(good, stamp)
+    if kind == "bad_step":
+        msg.step = msg.width * 3 - 3
+    elif kind == "short_data":
+        msg.data = msg.data[: len(msg.data) // 2]
+    elif kind == "unknown_encoding":
+        msg.encoding = "weird42"
+    elif kind == "zero_size":
+        msg.width = msg.height = msg.step = 0
+        msg.data = []
+    elif kind == "image_too_small":
+        msg = rg.image_msg(np.ascontiguousarray(good[:8, :8]), stamp)
+    return msg
+
+
+def test_bad_input_is_rejected_counted_logged_and_next_frame_is_fine(classical, small):
+    proc, topics = classical
+    stamps = now_stamps(30)
+    k = iter(range(30))
+
+    def good(camera_info=None):
+        i = next(k)
+        m = topics.publish_and_wait(small.images[i], stamps[i], small.camera, camera_info=camera_info)
+        return i, decode_matches(m)
+
+    good(), good()
+    start = time.monotonic()
+    base = settled(topics)
+    expected = {}
+    for kind in ("bad_step", "short_data", "unknown_encoding", "zero_size", "image_too_small", "bad_step"):
+        expected[kind] = expected.get(kind, 0) + 1
+        topics.publish(_bad_image(kind, small.images[0], stamps[next(k)]))
+        # wait until the node has counted it, then a good frame goes through normally
+        topics.wait_for_diagnostics(lambda d: int(d.get(f"rejected.{kind}", 0)) == expected[kind], 10.0, kind)
+        i, m = good()
+        assert len(m) >= 50 and m.inliers.any(), f"frame after {kind}: {len(m)} matches"
+    elapsed = time.monotonic() - start
+
+    # CameraInfo with NaN / zero K: ignored (counted); the frame uses the last usable intrinsics
+    for kind, K in (("nan", [float("nan")] * 9), ("zero", [0.0] * 9)):
+        i = next(k)
+        info = rg.camera_info_msg(small.camera, stamps[i], k=K)
+        m = decode_matches(topics.publish_and_wait(small.images[i], stamps[i], camera_info=info))
+        assert len(m) >= 50 and m.inliers.any(), f"{kind} K: the pose is still estimated"
+    d = topics.wait_for_diagnostics(lambda d: int(d["camera_info_rejected"]) == 2)
+    assert d["intrinsics"] == "camera_info"
+
+    # repeated stamp: rejected; backwards stamp: the keyframe buffer is reset (a looping bag)
+    i, m_last = good()
+    topics.publish(small.images[i + 1], stamps[i])
+    topics.wait_for_diagnostics(lambda d: int(d.get("rejected.repeated_stamp", 0)) == 1, 10.0, "repeated stamp")
+    resets = int(settled(topics)["resets"])
+    back = stamps[i] - 50_000_000
+    m_back = decode_matches(topics.publish_and_wait(small.images[i + 1], back, small.camera))
+    assert len(m_back) == 0, "after a reset the frame is a first keyframe"
+    topics.wait_for_diagnostics(lambda d: int(d["resets"]) == resets + 1, 10.0, "reset on backwards stamp")
+    m_next = decode_matches(topics.publish_and_wait(small.images[i + 2], stamps[i + 2], small.camera))
+    assert len(m_next) >= 50 and set(m_next.keyframe_stamp_ns.tolist()) == {back}
+    assert topics.matches.stamps().count(stamps[i]) == 1, "no output for the repeated stamp"
+
+    d = settled(topics)
+    for kind, count in expected.items():
+        assert int(d[f"rejected.{kind}"]) == int(base.get(f"rejected.{kind}", 0)) + count, kind
+    received, accounted = totals(d)
+    assert received == accounted
+    assert int(d["errors"]) == 0 and proc.alive()
+
+    log = proc.output()
+    for kind in expected:
+        assert f"[{kind};" in log, f"no warning for {kind}"
+    # rate-limited: at most one warning per reason per 2 s
+    assert log.count("[bad_step;") <= 1 + int(elapsed / 2.0), log.count("[bad_step;")
+    assert "CameraInfo ignored: K contains NaN or inf" in log
+    assert "CameraInfo ignored: focal length must be positive" in log
+    assert "keyframe buffer reset: stamp_backwards" in log
+
+
+def test_flood_drops_are_counted_and_node_survives(classical, small):
+    proc, topics = classical
+    before = settled(topics)
+    stamps = now_stamps(len(small), period_ns=1_000_000)
+    for image, stamp in zip(small.images, stamps):  # as fast as possible; the node's queue holds 1
+        topics.publish(image, stamp, small.camera)
+    after = settled(topics, timeout=60.0)
+    received = int(after["frames_received"]) - int(before["frames_received"])
+    processed = int(after["frames_processed"]) - int(before["frames_processed"])
+    dropped = int(after["frames_dropped_queue_total"]) - int(before["frames_dropped_queue_total"])
+    rejected = int(after["frames_rejected_total"]) - int(before["frames_rejected_total"])
+    assert received >= len(small) // 2, f"only {received} of {len(small)} frames reached the node"
+    assert processed >= 1 and dropped > 0, (processed, dropped)
+    assert processed + dropped + rejected == received
+    assert totals(after)[0] == totals(after)[1]
+    flood = [s for s in topics.matches.stamps() if s in set(stamps)]
+    assert len(flood) == processed and flood == sorted(flood), "one ordered output per processed frame"
+    assert int(after["errors"]) == 0 and proc.alive()
+    # still healthy: a paced frame afterwards is matched
+    late = time.time_ns()
+    m = decode_matches(topics.publish_and_wait(small.images[-1], late, small.camera))
+    assert len(m) > 0
+
+
+def test_sigint_stops_cleanly(classical):
+    proc, _ = classical
+    start = time.monotonic()
+    code = proc.interrupt(timeout=10.0)
+    assert code == 0, proc.output()[-3000:]
+    assert time.monotonic() - start < 5.0
+    assert "Traceback" not in proc.output()
+
+
+# =============================================================================== startup errors
+
+
+BAD_STARTS = {
+    "wrong_type": ({"extractor.max_keypoints": "many"}, "extractor.max_keypoints"),
+    "not_integer": ({"extractor.max_keypoints": 1.5}, "extractor.max_keypoints"),
+    "out_of_range": ({"matcher.filter_threshold": 2.0}, "matcher.filter_threshold"),
+    "bad_choice": ({"matcher.type": "magic"}, "matcher.type"),
+    "bad_device": ({"device": "gpu"}, "device"),
+    "inconsistent": ({"output.features_camera_id": 3}, "output.features_camera_id"),
+}
+
+
+def test_invalid_parameters_exit_quickly_naming_the_parameter(tmp_path):
+    procs = {}
+    try:
+        for case, (params, _) in BAD_STARTS.items():
+            path = rg.write_params(tmp_path / f"{case}.yaml", dict(CLASSICAL, **params))
+            procs[case] = rg.start_node("--params-file", str(path), namespace=f"/t_bad_{case}", log_dir=tmp_path,
+                                        label=case)
+        (tmp_path / "broken.yaml").write_text("/**:\n  ros__parameters:\n    extractor: {type: orb\n")
+        procs["broken_yaml"] = rg.start_node("--params-file", str(tmp_path / "broken.yaml"), log_dir=tmp_path,
+                                             label="broken_yaml")
+        procs["bad_override"] = rg.start_node(params=dict(CLASSICAL, **{"pose.min_inliers": 2}), log_dir=tmp_path,
+                                              label="bad_override")
+        start = time.monotonic()
+        for case, proc in procs.items():
+            code = proc.wait(timeout=30.0)
+            out = proc.output()
+            assert code == 2, (case, code, out)
+            assert "Traceback" not in out, (case, out)
+            assert "ready:" not in out, case
+        elapsed = time.monotonic() - start
+        for case, (_, name) in BAD_STARTS.items():
+            assert re.search(rf"error: parameter '{re.escape(name)}'", procs[case].output()), procs[case].output()
+        assert "error: invalid ROS arguments" in procs["broken_yaml"].output()
+        assert "params file" in procs["broken_yaml"].output()
+        assert "parameter 'pose.min_inliers'" in procs["bad_override"].output()
+        assert elapsed < 30.0  # eight processes started at once on a small machine; each fails in ~1 s alone
+    finally:
+        for proc in procs.values():
+            proc.close()
+
+
+# =============================================================================== learned path
+
+
+def test_learned_lightglue_publishes_valid_matches(graph, hub_cache, tmp_path):
+    seq = render_sequence(5, 320, 240, motion="forward", seed=4)
+    env = rg.child_env(HF_HUB_CACHE=str(hub_cache), HF_HUB_OFFLINE="1")
+    params = {"device": "cpu", "extractor.type": "superpoint", "matcher.type": "lightglue",
+              "extractor.max_keypoints": 128, "keyframes.max_interval_s": 0.05, "diagnostics.period_s": 0.2}
+    with rg.start_node(namespace="/t_learned", params=params, env=env, log_dir=tmp_path, label="learned") as proc:
+        topics = rg.MatcherTopics(graph, "/t_learned")
+        topics.wait_ready(proc, timeout=120.0)
+        assert "ready: superpoint + lightglue on cpu (float32)" in proc.output()
+        stamps = now_stamps(len(seq), period_ns=100_000_000)
+        for image, stamp in zip(seq.images, stamps):
+            topics.publish_and_wait(image, stamp, seq.camera, timeout=60.0)
+        topics.graph.wait_for(lambda: len(topics.keyframes) >= 2, 10.0, "keyframe events")
+        keyframes = {kf.stamp_ns: kf for kf in map(decode_keyframe, topics.keyframes.messages)}
+        for kf in keyframes.values():
+            assert 0 < len(kf.points) <= 128 and len(np.unique(kf.track_ids)) == len(kf.track_ids)
+        for n, stamp in enumerate(stamps):
+            m = decode_matches(topics.matches.by_stamp(stamp))
+            assert m.stamp_ns == stamp
+            if n == 0:
+                assert len(m) == 0
+                continue
+            assert len(set(m.keyframe_stamp_ns.tolist())) <= 1 and set(m.keyframe_stamp_ns.tolist()) <= set(keyframes)
+            assert np.all(m.keyframe_stamp_ns < stamp) and np.all(m.kf_rank == 0)
+            assert np.all((m.scores >= 0) & (m.scores <= 1)) and np.all(np.isfinite(m.points))
+            assert np.all((m.points >= 0) & (m.points < [320, 240]))
+            assert len(np.unique(m.kp_indices)) == len(m) and np.all(m.kp_indices < 128)
+            for kf_stamp in set(m.keyframe_stamp_ns.tolist()):
+                kf = keyframes[kf_stamp]
+                np.testing.assert_array_equal(m.keyframe_points, kf.points[m.kf_kp_indices])
+                np.testing.assert_array_equal(m.track_ids, kf.track_ids[m.kf_kp_indices])
+        d = topics.wait_for_diagnostics(lambda d: int(d["frames_processed"]) == len(seq))
+        assert 1 <= int(d["lightglue_stop_layer"]) <= 9 and 0 < int(d["keypoints"]) <= 128
+        assert d["device"] == "cpu" and int(d["errors"]) == 0
+        assert proc.interrupt(timeout=15.0) == 0 and "Traceback" not in proc.output()
+
+
+# =============================================================================== compressed, no intrinsics
+
+
+@pytest.fixture(scope="module")
+def compressed(graph, tmp_path_factory):
+    """Compressed input, and neither CameraInfo nor camera.* parameters."""
+    tmp = tmp_path_factory.mktemp("compressed")
+    proc = rg.start_node(namespace="/t_compressed", params=dict(CLASSICAL, **{"input.compressed": True}),
+                         log_dir=tmp, label="compressed")
+    try:
+        topics = rg.MatcherTopics(graph, "/t_compressed", compressed=True)
+        topics.wait_ready(proc)
+        yield proc, topics
+    finally:
+        proc.close()
+
+
+def test_compressed_input_without_intrinsics(compressed, small):
+    proc, topics = compressed
+    stamps = now_stamps(6)
+    for i, stamp in enumerate(stamps):
+        m = decode_matches(topics.publish_and_wait(small.images[i], stamp))  # jpeg, no CameraInfo
+        assert m.stamp_ns == stamp
+        assert len(m) == 0 if i == 0 else len(m) >= 50
+        assert not m.inliers.any(), "no pose, so no pose inliers"
+    d = topics.wait_for_diagnostics(lambda d: int(d["frames_processed"]) == len(stamps))
+    assert d["intrinsics"] == "none" and int(d["camera_info_received"]) == 0
+    assert d["_level"] == 1 and "no intrinsics" in d["_message"]  # WARN: no pose possible
+    assert len(topics.poses) == 0
+    assert int(d["keyframes"]) >= 1 and len(topics.keyframes) == int(d["keyframes"])
+    assert proc.output().count("no CameraInfo received") == 1, "warned once"
+
+
+def test_corrupt_jpeg_is_rejected(compressed, small):
+    from sensor_msgs.msg import CompressedImage
+
+    proc, topics = compressed
+    stamps = now_stamps(3)
+    topics.publish_and_wait(small.images[10], stamps[0])
+    rng = np.random.default_rng(0)
+    corrupt = rg.compressed_msg(small.images[11], stamps[1])
+    data = bytes(corrupt.data)
+    corrupt.data = data[:4] + rng.integers(0, 256, len(data) - 4, dtype=np.uint8).tobytes()
+    empty = CompressedImage(header=corrupt.header, format="jpeg", data=[])
+    for msg, count in ((corrupt, 1), (empty, 2)):
+        topics.publish(msg)
+        topics.wait_for_diagnostics(lambda d: int(d.get("rejected.corrupt_compressed", 0)) == count, 10.0,
+                                    "corrupt jpeg counted")
+    m = decode_matches(topics.publish_and_wait(small.images[12], stamps[2]))
+    assert len(m) >= 50
+    assert "[corrupt_compressed;" in proc.output()
+    assert proc.interrupt() == 0 and "Traceback" not in proc.output()

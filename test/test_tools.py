@@ -1,0 +1,286 @@
+"""The command-line tools on real files: rosbag2 bags written and read with rosbags (mcap and
+sqlite3), the two-image CLI with real (random-weight) checkpoints, pose evaluation, and the demo."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from glue_ros.config import validate
+from glue_ros.ros.bag_io import open_reader
+from glue_ros.ros.messages import (RosbagsTypes, decode_keyframe, decode_matches, decode_relative_pose,
+                                   pose_keyframe)
+from glue_ros.synthetic import render_sequence
+from glue_ros.tools.make_bag import BagLayout, make_synthetic_bag
+from glue_ros.tools.replay import replay_offline
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSICAL = {"extractor.type": "orb", "matcher.type": "nn", "extractor.max_keypoints": 500}
+
+
+def cli(module: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", f"glue_ros.tools.{module}", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=full_env)
+
+
+def read_bag(path: Path) -> dict[str, list[tuple[int, object, bytes]]]:
+    """topic → [(log time, deserialised message, raw bytes)]."""
+    types = RosbagsTypes()
+    reader = open_reader(path)
+    out: dict[str, list] = {}
+    try:
+        for connection, log_ns, raw in reader.messages():
+            out.setdefault(connection.topic, []).append((log_ns, types.deserialize(raw, connection.msgtype),
+                                                         bytes(raw)))
+    finally:
+        reader.close()
+    return out
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+@pytest.mark.parametrize("storage, compressed", [("mcap", ""), ("sqlite3", "jpeg"), ("mcap", "png")])
+def test_replay_bag_round_trip_is_complete_and_deterministic(tmp_path, storage, compressed):
+    layout = BagLayout(compressed=compressed, encoding="bgr8")
+    seq = make_synthetic_bag(tmp_path / "in", 12, motion="sideways", width=320, height=240, storage=storage,
+                             layout=layout)
+    params = validate(dict(CLASSICAL, **{"keyframes.max_interval_s": 0.1}))
+    outputs = []
+    for run in range(2):
+        summary = replay_offline(str(tmp_path / "in"), str(tmp_path / f"out{run}"), params, progress=False)
+        assert summary.frames == summary.processed == len(seq) and summary.skipped == 0
+        outputs.append(read_bag(tmp_path / f"out{run}"))
+    bag = outputs[0]
+    prefix = "/glue_ros_matcher/"
+    matches = [m for _, m, _ in bag[prefix + "matches"]]
+    assert [decode_matches(m).stamp_ns for m in matches] == seq.stamps_ns, "one output per frame, stamps kept"
+    assert [log for log, _, _ in bag[prefix + "matches"]] == seq.stamps_ns, "logged at the input stamps"
+    keyframe_stamps = [decode_keyframe(m).stamp_ns for _, m, _ in bag[prefix + "keyframes"]]
+    assert keyframe_stamps[0] == seq.stamps_ns[0] and len(keyframe_stamps) >= 3
+    for m in matches[1:]:
+        decoded = decode_matches(m)
+        assert len(decoded) > 50
+        assert set(decoded.keyframe_stamp_ns.tolist()) <= set(keyframe_stamps)
+        assert (decoded.keyframe_stamp_ns < decoded.stamp_ns).all()
+    poses = {decode_relative_pose(m).stamp_ns: m for _, m, _ in bag[prefix + "relative_pose"]}
+    assert len(poses) >= 4  # frames just after a keyframe have too little parallax for a valid pose
+    for stamp in poses:
+        _, kf_stamp = pose_keyframe(stamp, matches[seq.stamps_ns.index(stamp)])
+        assert kf_stamp in keyframe_stamps
+    assert "/diagnostics" in bag or len(seq) < 30
+    # second run: byte-identical messages on every topic (diagnostics would carry measured rates)
+    second = outputs[1]
+    for topic in bag:
+        if topic != "/diagnostics":
+            assert [raw for _, _, raw in bag[topic]] == [raw for _, _, raw in second[topic]], topic
+
+
+def test_replay_synthetic_ground_truth_through_cli(tmp_path):
+    made = cli("make_bag", str(tmp_path / "in"), "--synthetic", "24", "--motion", "sideways", "--width", "640",
+               "--height", "480", "--seed", "3")
+    assert made.returncode == 0, made.stderr
+    gt = tmp_path / "in.groundtruth.txt"
+    assert gt.is_file()
+    out = cli("replay", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no-progress",
+              "--set", "extractor.type=sift", "--set", "matcher.type=nn", "--set", "keyframes.max_interval_s=0.5",
+              "--summary-json", str(tmp_path / "summary.json"))
+    assert out.returncode == 0, out.stderr
+    assert "keyframes" in out.stdout and "frames/s" in out.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["frames"] == 24 and summary["processed"] == 24
+    ev = cli("eval_sequence", str(tmp_path / "out"), str(gt), "--json", str(tmp_path / "ev.json"))
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads((tmp_path / "ev.json").read_text())
+    assert report["pairs"] >= 20
+    assert report["rotation_median_deg"] < 0.5 and report["translation_median_deg"] < 2.0
+
+
+def test_replay_bad_bags_give_clear_errors(tmp_path):
+    make_synthetic_bag(tmp_path / "good", 3, width=160, height=120)
+    cases = {
+        "missing": (["--output", str(tmp_path / "o1")], str(tmp_path / "nope"), "does not exist"),
+        "topic": (["--output", str(tmp_path / "o2"), "--image-topic", "/nope"], str(tmp_path / "good"),
+                  "topic '/nope' is not in the bag"),
+        "exists": (["--output", str(tmp_path / "good")], str(tmp_path / "good"), "already exists"),
+        "param": (["--output", str(tmp_path / "o3"), "--set", "matcher.type=magic"], str(tmp_path / "good"),
+                  "parameter 'matcher.type'"),
+    }
+    # an empty bag (no messages) and a truncated one
+    from glue_ros.ros.bag_io import BagWriter
+
+    with BagWriter(tmp_path / "empty") as writer:
+        writer.write("/camera/image", "sensor_msgs/msg/Image",
+                     RosbagsTypes().new("sensor_msgs/msg/Image", header=RosbagsTypes().header(1, "c"), height=0,
+                                        width=0, encoding="rgb8", is_bigendian=0, step=0,
+                                        data=np.zeros(0, np.uint8)), 1)
+    cases["empty"] = (["--output", str(tmp_path / "o4"), "--set", "extractor.type=orb", "--set", "matcher.type=nn"],
+                      str(tmp_path / "empty"), "")
+    truncated = tmp_path / "trunc"
+    make_synthetic_bag(truncated, 6, width=160, height=120)
+    mcap = next(truncated.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: mcap.stat().st_size // 2])
+    cases["truncated"] = (["--output", str(tmp_path / "o5"), "--set", "extractor.type=orb", "--set",
+                           "matcher.type=nn"], str(truncated), "")
+    for name, (args, bag, fragment) in cases.items():
+        result = cli("replay", bag, "--no-progress", *args)
+        assert result.returncode != 0 or name == "empty", (name, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (name, result.stderr)
+        if result.returncode != 0:
+            assert result.stderr.strip().startswith("error:") and fragment in result.stderr, (name, result.stderr)
+    # the empty-image bag is readable: its one frame is a counted skip, and the output bag is valid
+    empty = cli("replay", str(tmp_path / "empty"), "--no-progress", "--output", str(tmp_path / "o6"),
+                "--set", "extractor.type=orb", "--set", "matcher.type=nn")
+    assert "skipped 1" in empty.stdout, empty.stdout + empty.stderr
+    # the truncated bag's output was still closed properly and can be read
+    if (tmp_path / "o5").exists():
+        read_bag(tmp_path / "o5")
+
+
+def test_make_bag_from_image_folder_with_tum_rgb_txt(tmp_path):
+    seq = render_sequence(5, width=160, height=120, motion="forward")
+    folder = tmp_path / "rgb"
+    folder.mkdir()
+    lines = []
+    for i, (image, stamp) in enumerate(zip(seq.images, seq.stamps_ns)):
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        lines.append(f"{stamp / 1e9:.6f} rgb/{i}.png")
+    (tmp_path / "rgb.txt").write_text("# timestamp filename\n" + "\n".join(lines) + "\n")
+    result = cli("make_bag", str(tmp_path / "bag"), "--images", str(folder), "--rgb-txt", str(tmp_path / "rgb.txt"),
+                 "--intrinsics", "125,125,79.5,59.5", "--storage", "sqlite3")
+    assert result.returncode == 0, result.stderr
+    bag = read_bag(tmp_path / "bag")
+    images = [m for _, m, _ in bag["/camera/image"]]
+    infos = [m for _, m, _ in bag["/camera/camera_info"]]
+    assert len(images) == len(infos) == 5
+    assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in images] == \
+        [int(round(float(l.split()[0]) * 1e9)) for l in lines]
+    assert infos[0].k[0] == 125 and infos[0].width == 160
+    from glue_ros.ros.image_codec import decode_image
+
+    np.testing.assert_array_equal(decode_image(images[2]), seq.images[2])
+    bad = cli("make_bag", str(tmp_path / "bag2"), "--images", str(tmp_path / "none"), "--rate", "30")
+    assert bad.returncode != 0 and "is not a directory" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- two-image CLI
+
+
+@pytest.fixture(scope="module")
+def image_pair(tmp_path_factory):
+    seq = render_sequence(6, motion="sideways", seed=2)
+    folder = tmp_path_factory.mktemp("pair")
+    for i in (0, 5):
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(seq.images[i], cv2.COLOR_RGB2BGR))
+    return folder / "0.png", folder / "5.png", seq
+
+
+@pytest.mark.parametrize("matcher", ["lightglue", "superglue"])
+def test_match_cli_with_learned_checkpoints(image_pair, matcher, hub_cache, tmp_path):
+    a, b, _ = image_pair
+    out = cli("match", str(a), str(b), "--set", f"matcher.type={matcher}", "--set", "extractor.max_keypoints=256",
+              "--set", "matcher.filter_threshold=0", "--set", "matcher.match_threshold=0",
+              "--set", "matcher.sinkhorn_iterations=10",
+              "--json", str(tmp_path / "m.json"), "--image", str(tmp_path / "m.png"),
+              env={"HF_HUB_CACHE": str(hub_cache)})
+    assert out.returncode == 0, out.stderr
+    result = json.loads((tmp_path / "m.json").read_text())
+    k0, k1 = np.array(result["keypoints0"]), np.array(result["keypoints1"])
+    matches, scores = np.array(result["matches"]).reshape(-1, 2), np.array(result["scores"])
+    assert k0.shape == (256, 2) and k1.shape == (256, 2)
+    assert len(matches) == len(scores) > 0
+    assert (matches[:, 0] < 256).all() and (matches[:, 1] < 256).all()
+    assert len(np.unique(matches[:, 0])) == len(matches) and len(np.unique(matches[:, 1])) == len(matches)
+    assert (k0 >= 0).all() and (k0[:, 0] < 640).all() and (k0[:, 1] < 480).all()
+    assert set(result["timing_ms"]) == {"extract", "match"}
+    assert (result["stop_layer"] > 0) == (matcher == "lightglue")
+    picture = cv2.imread(str(tmp_path / "m.png"))
+    assert picture is not None and picture.shape[1] > 1280
+
+
+def test_match_cli_classical_and_errors(image_pair, tmp_path):
+    a, b, _ = image_pair
+    ok = cli("match", str(a), str(b), "--set", "extractor.type=sift", "--set", "matcher.type=nn",
+             "--json", str(tmp_path / "s.json"))
+    assert ok.returncode == 0 and len(json.loads((tmp_path / "s.json").read_text())["matches"]) > 100
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    for args, fragment in [
+        ((str(tmp_path / "missing.png"), str(b)), "does not exist"),
+        ((str(tmp_path / "junk.png"), str(b)), "could not be decoded"),
+        ((str(a), str(b), "--set", "extractor.max_keypoints=lots"), "parameter 'extractor.max_keypoints'"),
+        ((str(a), str(b), "--set", "extractor.nope=1"), "unknown parameter 'extractor.nope'"),
+        ((str(a), str(b), "--set", "extractor.type=sift"), "needs extractor.type superpoint"),
+        ((str(a), str(b), "--set", "extractor.weights=/no/such/dir"), "does not exist"),
+        ((str(a), str(b), "--set", "device=cuda"), "CUDA is not available"),
+        ((str(a), str(b), "--params-file", str(tmp_path / "none.yaml")), "params file not found"),
+    ]:
+        if "cuda" in fragment.lower():
+            import torch
+
+            if torch.cuda.is_available():
+                continue
+        result = cli("match", *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode != 0 and len(lines) == 1 and fragment in lines[0], (args, result.stderr)
+
+
+def test_match_cli_offline_without_weights_explains(image_pair, tmp_path):
+    a, b, _ = image_pair
+    result = cli("match", str(a), str(b), env={"HF_HUB_CACHE": str(tmp_path / "empty_cache")})
+    assert result.returncode != 0
+    message = result.stderr.strip()
+    for fragment in ("magic-leap-community/superpoint", str(tmp_path / "empty_cache"), "hf download",
+                     "local directory"):
+        assert fragment in message
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_eval_pairs_on_synthetic_pairs(tmp_path):
+    from glue_ros.evaluation import T_0to1_from_pose
+
+    seq = render_sequence(12, motion="mixed", seed=9)
+    K = seq.camera.K
+    lines = []
+    for i, j in [(0, 6), (2, 8), (4, 11), (1, 10)]:
+        for k in (i, j):
+            cv2.imwrite(str(tmp_path / f"{k}.png"), cv2.cvtColor(seq.images[k], cv2.COLOR_RGB2BGR))
+        T_rel = np.linalg.inv(seq.poses[i]) @ seq.poses[j]
+        T = T_0to1_from_pose(T_rel[:3, :3], T_rel[:3, 3])
+        lines.append(" ".join([f"{i}.png", f"{j}.png", "0", "0", *map(str, K.reshape(-1)), *map(str, K.reshape(-1)),
+                               *map(str, T.reshape(-1))]))
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    result = cli("eval_pairs", str(tmp_path / "pairs.txt"), str(tmp_path), "--set", "extractor.type=sift",
+                 "--set", "matcher.type=nn", "--json", str(tmp_path / "e.json"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert set(report) >= {"auc@5", "auc@10", "auc@20", "precision", "matching_score", "pairs"}
+    assert report["auc@5"] > 60 and report["auc@20"] > 85 and report["precision"] > 80
+    assert [p["name0"] for p in report["pairs"]] == ["0.png", "2.png", "4.png", "1.png"]
+    assert all(p["rotation_error_deg"] < 1.0 and p["inliers"] > 50 for p in report["pairs"])
+    assert "AUC@5" in result.stdout
+    missing = cli("eval_pairs", str(tmp_path / "nope.txt"), str(tmp_path))
+    assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def test_demo_runs_offline_on_the_classical_fallback(tmp_path):
+    result = cli("demo", "--output", str(tmp_path / "demo"), "--frames", "16",
+                 env={"HF_HUB_CACHE": str(tmp_path / "no_cache")}, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = result.stdout
+    assert "NOTE: the learned models cannot run here" in text and "hf download" in text
+    assert "sift + nn" in text and "rotation error median" in text
+    for name in ("input_bag", "output_bag", "matches.png", "groundtruth.txt"):
+        assert (tmp_path / "demo" / name).exists(), name
+    assert "/glue_ros_matcher/matches" in read_bag(tmp_path / "demo" / "output_bag")
