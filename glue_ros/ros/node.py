@@ -230,7 +230,7 @@ def _make_node_class():
             if problem:
                 # Not stored: frames keep using the last usable intrinsics (or camera.* / none).
                 self.counters.camera_info_rejected += 1
-                self._log_limited("camera_info", f"CameraInfo ignored: {problem} "
+                self._log_limited("camera_info: " + problem.split("(")[0], f"CameraInfo ignored: {problem} "
                                   f"[{self.counters.camera_info_rejected} so far]")
                 return
             self._cameras[stamp_to_ns(msg.header.stamp)] = camera

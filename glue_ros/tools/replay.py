@@ -181,7 +181,10 @@ def publish_timed(input_bag: str, rate: float = 1.0, clock: bool = False, image_
                 from rosgraph_msgs.msg import Clock
 
                 clock_pub = node.create_publisher(Clock, "/clock", 10)
-            time.sleep(0.5)  # let discovery match subscribers before the first frame
+            # Give discovery up to 2 s to match a subscriber, so the first frames are not lost.
+            deadline = time.monotonic() + 2.0
+            while node.count_subscribers(source.image_topic) == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
             count = 0
             while True:
                 first_log = None
