@@ -6,6 +6,7 @@ them through ``--params-file`` / ``--set NAME=VALUE``. Names are dotted (``extra
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -381,5 +382,19 @@ def render_params_yaml(node_name: str = "/**") -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_params_markdown() -> str:
+    """The README's parameter table."""
+    rows = ["| name | default | allowed | runtime change | description |", "|---|---|---|---|---|"]
+    for spec in PARAMS:
+        allowed = " \\| ".join(map(str, spec.choices)) if spec.choices else (
+            f"[{spec.min}, {spec.max}]" if spec.min is not None else spec.type.__name__)
+        default = json.dumps(spec.default) if not isinstance(spec.default, str) else f"`{spec.default}`"
+        rows.append(f"| `{spec.name}` | {default} | {allowed} | {'live' if spec.live else 'restart'} | "
+                    f"{spec.description} |")
+    return "\n".join(rows) + "\n"
+
+
 if __name__ == "__main__":
-    print(render_params_yaml(), end="")
+    import sys
+
+    print(render_params_markdown() if "--markdown" in sys.argv else render_params_yaml(), end="")

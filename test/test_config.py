@@ -76,3 +76,10 @@ def test_typed_view_round_trip():
     changed = config.replace(**{"pose.threshold_px": 2.0})
     assert changed.pose.threshold_px == 2.0 and config.pose.threshold_px == 1.0
     assert FrontEndConfig.from_flat(config.to_flat()) == config
+
+
+def test_readme_parameter_table_is_current():
+    from glue_ros.config import render_params_markdown
+
+    assert render_params_markdown() in (ROOT / "README.md").read_text(), \
+        "README parameter table is stale: python -m glue_ros.config --markdown"

@@ -40,6 +40,7 @@ class Counters:
     received: int = 0
     processed: int = 0
     dropped_queue: int = 0
+    lost_transport: int = 0  # reported lost by the middleware (never received)
     rejected: collections.Counter = field(default_factory=collections.Counter)  # reason → count
     resets: int = 0
     keyframes: int = 0
@@ -78,6 +79,7 @@ def _suggest(name: str) -> str:
 def _make_node_class():
     """Defined lazily so `import glue_ros.ros.node` works without rclpy (e.g. for docs/tests)."""
     from rclpy.clock import Clock, ClockType
+    from rclpy.event_handler import SubscriptionEventCallbacks
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy, qos_profile_sensor_data
     from rcl_interfaces.msg import SetParametersResult
@@ -143,11 +145,15 @@ def _make_node_class():
             # Inputs last: once the node is seen subscribing, it is ready to process.
             reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
             input_qos = qos_profile_sensor_data if self._flat["input.qos"] == "sensor_data" else reliable
+            # Frames the middleware saw but could not deliver (e.g. fragments of a large best-effort
+            # frame lost over UDP): reported by rmw as message_lost, counted in the diagnostics.
+            events = SubscriptionEventCallbacks(message_lost=self._on_message_lost)
             if self._flat["input.compressed"]:
                 self.create_subscription(CompressedImage, "image/compressed",
-                                         lambda m: self._enqueue(m, "compressed"), input_qos)
+                                         lambda m: self._enqueue(m, "compressed"), input_qos, event_callbacks=events)
             else:
-                self.create_subscription(Image, "image", lambda m: self._enqueue(m, "raw"), input_qos)
+                self.create_subscription(Image, "image", lambda m: self._enqueue(m, "raw"), input_qos,
+                                         event_callbacks=events)
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, input_qos)
             self.get_logger().info(
                 f"ready: {self.frontend.config.extractor.type} + {self.frontend.config.matcher.type} on "
@@ -222,6 +228,11 @@ def _make_node_class():
                     self.counters.dropped_queue += 1  # deque drops the oldest on append
                 self._queue.append((msg, kind, time.monotonic()))
                 self._cond.notify()
+
+        def _on_message_lost(self, info) -> None:
+            self.counters.lost_transport += int(info.total_count_change)
+            self._log_limited("lost", f"{self.counters.lost_transport} frame(s) lost by the middleware before "
+                              "reaching the node (large frames over UDP? see config/fastdds_local.xml)")
 
         def _on_camera_info(self, msg) -> None:
             self.counters.camera_info_received += 1
@@ -392,6 +403,7 @@ def _make_node_class():
                 "frames_pending": pending,  # in the queue or being processed
                 "frames_dropped": dropped,  # this period (queue overflow + rejected input)
                 "frames_dropped_queue_total": c.dropped_queue,
+                "frames_lost_transport_total": c.lost_transport,
                 "frames_rejected_total": sum(rejected.values()),
                 **{f"rejected.{k}": v for k, v in sorted(rejected.items())},
                 "stalled": bool(received > 0 and processed == 0 and since_output > 5.0),
