@@ -56,3 +56,15 @@ def apply_live_thresholds(matcher, config: MatcherConfig) -> None:
     changes = {name: getattr(config, name) for name in ("filter_threshold", "match_threshold")
                if hasattr(current, name)}
     matcher.config = dataclasses.replace(current, **changes)
+
+
+def build_pair(params: dict):
+    """(config, extractor, matcher) from flat parameters: what the two-image tools need."""
+    from .config import FrontEndConfig
+    from .device import resolve_device, resolve_dtype
+
+    config = FrontEndConfig.from_flat(params)
+    check_compatible(config.extractor, config.matcher)
+    device = resolve_device(config.device)
+    dtype = resolve_dtype(config.precision, device)
+    return config, build_extractor(config.extractor, device, dtype), build_matcher(config.matcher, device, dtype)

@@ -13,17 +13,15 @@ front-end tests can prove each frame is extracted once.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence
 
 import cv2
 import numpy as np
 import torch
 
 from .config import ExtractorConfig, MatcherConfig
-from .features import Features, PairMatches
+from .features import Features, ImageLike, Images, PairMatches, split_images
 
-ImageLike = Union[np.ndarray, torch.Tensor]
-Images = Union[ImageLike, Sequence[ImageLike]]
 
 DESCRIPTOR_DIMS = {"sift": 128, "orb": 32}
 
@@ -77,7 +75,7 @@ class ClassicalExtractor:
         """One Features per image. Accepts what SuperPoint.extract accepts: numpy arrays or torch
         tensors, H×W, H×W×1, H×W×3 (RGB), N×H×W, N×H×W×3 or a list; uint8, uint16 or float
         (in [0, 1]; float images with values above 1 are taken as 0..255)."""
-        items = _split(images)
+        items = split_images(images)
         self.calls += 1
         self.images_processed += len(items)
         return [self._extract_one(image) for image in items]
@@ -130,22 +128,6 @@ class ClassicalExtractor:
             descriptors = np.ascontiguousarray(descriptors, dtype=np.uint8)
         return Features(torch.from_numpy(np.ascontiguousarray(xy)), torch.from_numpy(response),
                         torch.from_numpy(np.ascontiguousarray(descriptors)), size)
-
-
-def _split(images: Images) -> list[ImageLike]:
-    if isinstance(images, (list, tuple)):
-        out = list(images)
-        for image in out:
-            if not isinstance(image, (np.ndarray, torch.Tensor)) or image.ndim not in (2, 3):
-                raise ValueError("a list of images must hold H×W or H×W×C numpy arrays / tensors")
-        return out
-    if not isinstance(images, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"expected a numpy array, a torch tensor or a list of them, got {type(images).__name__}")
-    if images.ndim == 2 or images.ndim == 3 and images.shape[-1] in (1, 3):
-        return [images]
-    if images.ndim in (3, 4):
-        return list(images)
-    raise ValueError(f"cannot interpret an image array of shape {tuple(images.shape)}")
 
 
 def _to_gray_uint8(image: ImageLike) -> np.ndarray:

@@ -6,9 +6,31 @@ index pairs ``[i0, i1]`` into image0's and image1's keypoints.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence, Union
 
 import numpy as np
 import torch
+
+ImageLike = Union[np.ndarray, torch.Tensor]
+Images = Union[ImageLike, Sequence[ImageLike]]
+
+
+def split_images(images: Images) -> list[ImageLike]:
+    """The extractors' accepted input forms → a list of single images (H×W or H×W×C):
+    one image, a list of images (sizes may differ), or an N×H×W(×C) batch."""
+    if isinstance(images, (list, tuple)):
+        out = list(images)
+        for image in out:
+            if not isinstance(image, (np.ndarray, torch.Tensor)) or image.ndim not in (2, 3):
+                raise ValueError("a list of images must hold H×W or H×W×C numpy arrays / tensors")
+        return out
+    if not isinstance(images, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"expected a numpy array, a torch tensor or a list of them, got {type(images).__name__}")
+    if images.ndim == 2 or images.ndim == 3 and images.shape[-1] in (1, 3):
+        return [images]
+    if images.ndim in (3, 4):  # N×H×W or N×H×W×C
+        return list(images)
+    raise ValueError(f"cannot interpret an image array of shape {tuple(images.shape)}")
 
 
 @dataclass

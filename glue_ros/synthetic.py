@@ -238,7 +238,7 @@ def _add_rect(tiles: list, rng, origin, u, v, facing_point=None, facing_away_fro
 
 def _add_box(tiles: list, rng, x: float, z: float, sx: float, sy: float, sz: float, y_floor: float) -> None:
     """Axis-aligned box standing on the floor (y down): x, z centre; sx, sy, sz sizes."""
-    x0, x1, z0, z1, y0, y1 = x - sx / 2, x + sx / 2, z - sz / 2, z + sz / 2, y_floor - sy, y_floor
+    x0, x1, z0, z1, y0 = x - sx / 2, x + sx / 2, z - sz / 2, z + sz / 2, y_floor - sy
     centre = (x, y_floor - sy / 2, z)
     faces = [
         ((x0, y0, z0), (sx, 0, 0), (0, sy, 0)),  # front (z0)
@@ -500,7 +500,7 @@ def write_images(seq: SyntheticSequence, directory: str | Path) -> Path:
     ``camera.yaml`` (ROS camera_info layout) and ``camera.json`` (same content). Returns directory."""
     directory = Path(directory)
     (directory / "rgb").mkdir(parents=True, exist_ok=True)
-    lines = [f"# color images", f"# sequence: {seq.name}", "# timestamp filename"]
+    lines = ["# color images", f"# sequence: {seq.name}", "# timestamp filename"]
     for stamp, image in zip(seq.stamps_ns, seq.images):
         name = f"rgb/{_stamp_str(stamp)}.png"
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image

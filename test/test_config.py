@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from glue_ros.config import (PARAMS, SPECS, FrontEndConfig, ParameterError, load_config, load_params_file,
-                             parse_set, render_params_yaml, validate)
+                             render_params_yaml, validate)
 
 ROOT = Path(__file__).resolve().parents[1]
 

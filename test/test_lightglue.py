@@ -3,9 +3,9 @@
 With random weights pruning never fires and early exit only by chance, so some tests rescale the token
 confidence and matchability heads ("forcing"): the exit then happens at a known layer and a known set
 of points is pruned. Random weights also give few mutual matches, so log-assignments are compared in
-full and every point's best candidate as well. Known deviations of transformers 5.23 from the original cvg/LightGlue are each
-pinned by a test showing the reference's behaviour next to ours; elsewhere the reference is patched
-(deviation 2) or used in an equivalent configuration (deviations 3, 4).
+full, and every point's best candidate too. Known deviations of transformers 5.23 from the original
+cvg/LightGlue are each pinned by a test showing the reference's behaviour next to ours; elsewhere the
+reference is patched (deviation 2) or used in an equivalent configuration (deviations 3, 4).
 """
 from __future__ import annotations
 
@@ -56,6 +56,16 @@ def permuted(f: Features, i: int, j: int) -> Features:
 
 
 # --------------------------------------------------------------------------- models
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tensors are small: one intra-op thread is nearly as fast as two and immune to OpenMP
+    busy-waiting when other processes share the 2 cores (which made runs 5x slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

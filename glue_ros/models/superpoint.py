@@ -26,7 +26,7 @@ import contextlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -34,11 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ExtractorConfig
-from ..features import Features
+from ..features import Features, ImageLike, Images, split_images
 from .weights import WeightsError, config_value, load_checkpoint, load_into
 
-ImageLike = Union[np.ndarray, torch.Tensor]
-Images = Union[ImageLike, Sequence[ImageLike]]
 
 _RGB_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as the original preprocessing
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -263,7 +261,7 @@ class SuperPoint(nn.Module):
         Returns one Features per image, keypoints in that image's pixels. Same-size images share
         one CNN batch. ``resize_max`` shrinks with cv2.INTER_AREA (grayscale first, float32).
         """
-        prepared = [self._prepare(image) for image in _split(images)]
+        prepared = [self._prepare(image) for image in split_images(images)]
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
         for index, (gray, _) in enumerate(prepared):
             groups[tuple(gray.shape)].append(index)
@@ -288,23 +286,6 @@ class SuperPoint(nn.Module):
 
 
 # ---------------------------------------------------------------------- input helpers
-
-
-def _split(images: Images) -> list[ImageLike]:
-    """Turn the accepted input forms into a list of single images (H×W or H×W×C)."""
-    if isinstance(images, (list, tuple)):
-        out = list(images)
-        for image in out:
-            if not isinstance(image, (np.ndarray, torch.Tensor)) or image.ndim not in (2, 3):
-                raise ValueError("a list of images must hold H×W or H×W×C numpy arrays / tensors")
-        return out
-    if not isinstance(images, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"expected a numpy array, a torch tensor or a list of them, got {type(images).__name__}")
-    if images.ndim == 2 or images.ndim == 3 and images.shape[-1] in (1, 3):
-        return [images]
-    if images.ndim in (3, 4):  # N×H×W or N×H×W×C
-        return list(images)
-    raise ValueError(f"cannot interpret an image array of shape {tuple(images.shape)}")
 
 
 def _grayscale(image: ImageLike, device: torch.device) -> torch.Tensor:

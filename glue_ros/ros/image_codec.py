@@ -40,7 +40,9 @@ Validation (``ImageDecodeError``, a ``ValueError``, with a machine-readable ``.r
 * ``short_data``: ``len(data) < (height - 1) * step + width * bytes_per_pixel``. The *last row may
   be exactly row-size long* (its padding may be missing): nothing is read past the row, so this
   is accepted; trailing bytes beyond ``height * step`` are ignored;
-* ``corrupt_compressed``: compressed bytes that do not decode;
+* ``corrupt_compressed``: compressed bytes that do not decode, or that are refused before decoding
+  because they are truncated or corrupt (a PNG chunk longer than the data, a Huffman JPEG
+  declaring more pixels than its bytes can encode: > 512 pixels per byte);
 * ``decode_failed``: any other conversion failure (should not happen; never a raw cv2.error).
 
 ``is_bigendian`` is honoured for 16- and 32-bit data (any non-zero value means big-endian).
@@ -257,10 +259,17 @@ def _png_size(buf: np.ndarray) -> tuple[int, int] | None:
 
 
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+_SOF_HUFFMAN = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7}  # the others are arithmetic-coded
+
+# Huffman-coded JPEG spends at least one bit per 8x8 block of its full-resolution component (the DC
+# code; sequential scans also need an end-of-block code): at most 64 * 8 = 512 pixels per byte of
+# data. A small message declaring far more is truncated or corrupt — and libjpeg would allocate and
+# grey-fill the whole declared frame (a 1 KB message declaring 9000x9000 costs ~0.5 GB and seconds).
+JPEG_MAX_PIXELS_PER_BYTE = 512
 
 
-def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
-    """(width, height) from the first SOF marker, without decoding; None if not found."""
+def _jpeg_info(buf: np.ndarray) -> tuple[int, int, int] | None:
+    """(width, height, SOF marker) from the first SOF marker, without decoding; None if not found."""
     if buf.size < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
         return None
     data = bytes(buf[: min(buf.size, 1 << 20)])  # SOF comes early (after APPn/DQT/DHT segments)
@@ -282,9 +291,39 @@ def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
             if i + 9 > n:
                 return None
             height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return width, height
+            return width, height, marker
         i += 2 + length
     return None
+
+
+def _jpeg_size(buf: np.ndarray) -> tuple[int, int] | None:
+    """(width, height) from the first SOF marker, without decoding; None if not found."""
+    info = _jpeg_info(buf)
+    return None if info is None else (info[0], info[1])
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_MAX_CHUNKS = 100_000
+
+
+def _png_problem(buf: np.ndarray) -> str:
+    """Why a PNG's chunk structure is broken ("" if it is sound), checked before decoding: OpenCV's
+    PNG reader trusts chunk lengths and allocates (and zero-fills) what a corrupt one declares — a
+    2 KB message whose IDAT length was flipped to 4 GB took 10+ s and 4 GB of memory to reject."""
+    data = bytes(buf)
+    pos, n = len(_PNG_SIGNATURE), len(data)
+    for _ in range(_PNG_MAX_CHUNKS):
+        if pos + 12 > n:
+            return f"truncated after {pos} of {n} bytes (no IEND chunk)"
+        length = struct.unpack_from(">I", data, pos)[0]
+        kind = data[pos + 4:pos + 8]
+        if length > 0x7FFFFFFF or pos + 12 + length > n:
+            return (f"chunk {kind.decode('latin-1')!r} at byte {pos} declares {length} bytes, only "
+                    f"{max(n - pos - 12, 0)} remain (truncated or corrupt)")
+        if kind == b"IEND":
+            return ""
+        pos += 12 + length
+    return f"more than {_PNG_MAX_CHUNKS} chunks"
 
 
 def _check_pixels(width: int, height: int, what: str) -> None:
@@ -295,9 +334,21 @@ def _check_pixels(width: int, height: int, what: str) -> None:
 
 
 def _imdecode(buf: np.ndarray, what: str) -> np.ndarray:
-    size = _png_size(buf) or _jpeg_size(buf)
-    if size is not None:
-        _check_pixels(*size, what)  # decompression bomb: refuse before allocating
+    # Everything that makes the decoder allocate is checked before it runs (decompression bombs,
+    # corrupt or truncated headers): declared size, PNG chunk lengths, JPEG size vs data length.
+    png_size = _png_size(buf)
+    if png_size is not None:
+        _check_pixels(*png_size, what)
+        problem = _png_problem(buf)
+        if problem:
+            raise ImageDecodeError("corrupt_compressed", f"{what}: PNG {problem}")
+    jpeg = _jpeg_info(buf) if png_size is None else None
+    if jpeg is not None:
+        width, height, marker = jpeg
+        _check_pixels(width, height, what)
+        if marker in _SOF_HUFFMAN and width * height > JPEG_MAX_PIXELS_PER_BYTE * buf.size:
+            raise ImageDecodeError("corrupt_compressed", f"{what}: JPEG declares {width}x{height} pixels, more "
+                                                         f"than {buf.size} bytes can encode (truncated or corrupt)")
     try:
         image = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:

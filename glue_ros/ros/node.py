@@ -477,11 +477,24 @@ def main(args: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # Shutting down: a second Ctrl-C (a terminal's plus the one `ros2 launch` / glue-ros-launch
+        # forwards) must not interrupt the cleanup with a KeyboardInterrupt traceback. Cleanup is
+        # bounded (the worker is joined for at most 5 s); SIGTERM / SIGKILL still work.
+        _ignore_sigint()
         if node is not None:
             node.close()
             node.destroy_node()
         rclpy.try_shutdown()
+        _ignore_sigint()  # rclpy restored its predecessor (KeyboardInterrupt) on shutdown
     return code
+
+
+def _ignore_sigint() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ from .common import CliError, add_param_args, params_from_args, run_cli
 def evaluate_pairs(pairs_file: str, image_dir: str, params: dict, progress: bool = False) -> dict:
     import torch
 
-    from .. import backends
-    from ..config import FrontEndConfig
-    from ..device import resolve_device, resolve_dtype
+    from ..backends import build_pair
     from ..evaluation import (load_pair, match_precision, matching_score, pose_auc, pose_error,
                               pose_from_T_0to1, read_pairs_file)
     from ..geometry import CameraModel, estimate_relative_pose
@@ -41,12 +39,7 @@ def evaluate_pairs(pairs_file: str, image_dir: str, params: dict, progress: bool
         raise CliError(f"pairs file '{pairs_file}' lists no pairs")
     if not Path(image_dir).is_dir():
         raise CliError(f"image directory '{image_dir}' does not exist")
-    config = FrontEndConfig.from_flat(params)
-    backends.check_compatible(config.extractor, config.matcher)
-    device = resolve_device(config.device)
-    dtype = resolve_dtype(config.precision, device)
-    extractor = backends.build_extractor(config.extractor, device, dtype)
-    matcher = backends.build_matcher(config.matcher, device, dtype)
+    config, extractor, matcher = build_pair(params)
     rows, errors, precisions, scores = [], [], [], []
     t0 = time.perf_counter()
     for spec in specs:

@@ -32,16 +32,12 @@ def read_image(path: str) -> np.ndarray:
 def match_images(image0: np.ndarray, image1: np.ndarray, params: dict) -> dict:
     import torch
 
-    from .. import backends
-    from ..config import FrontEndConfig
+    from ..backends import build_pair
     from ..device import describe, resolve_device, resolve_dtype
 
-    config = FrontEndConfig.from_flat(params)
-    backends.check_compatible(config.extractor, config.matcher)
+    config, extractor, matcher = build_pair(params)
     device = resolve_device(config.device)
     dtype = resolve_dtype(config.precision, device)
-    extractor = backends.build_extractor(config.extractor, device, dtype)
-    matcher = backends.build_matcher(config.matcher, device, dtype)
     with torch.inference_mode():
         t0 = time.perf_counter()
         features0, features1 = extractor.extract([image0, image1])
