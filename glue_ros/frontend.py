@@ -111,11 +111,10 @@ class FrontEnd:
         newest = self.buffer.newest(1)
         why_reset = reset_reason(frame.stamp_ns, (width, height), self._last_stamp_ns,
                                  newest[0].image_size if newest else None, self.config.keyframes)
-        if why_reset:
-            self.reset(why_reset)
-        self._last_stamp_ns = frame.stamp_ns
-        self.stats.frames += 1
 
+        # Everything that can fail on resources (extraction, matching: e.g. out of device memory on a
+        # huge frame) runs before the pipeline state changes: a frame that raises leaves no trace, the
+        # next frame continues from the same keyframes, tracks and last stamp.
         if features is None:
             t = time.perf_counter()
             features = self.extract([frame.image])[0]
@@ -124,7 +123,7 @@ class FrontEnd:
         scores = features.scores.detach().float().cpu().numpy()
         camera = frame.camera
 
-        keyframes = self.buffer.newest(self.config.keyframes.match_against)
+        keyframes = [] if why_reset else self.buffer.newest(self.config.keyframes.match_against)
         matched: list[KeyframeMatches] = []
         if keyframes:
             t = time.perf_counter()
@@ -134,6 +133,11 @@ class FrontEnd:
             matched = [self._keyframe_matches(kf, pair, keypoints, camera) for kf, pair in zip(keyframes, pairs)]
             timings["pose_ms"] = (time.perf_counter() - t) * 1e3
 
+        # Commit.
+        if why_reset:
+            self.reset(why_reset)
+        self._last_stamp_ns = frame.stamp_ns
+        self.stats.frames += 1
         track_ids = self.tracks.assign(len(keypoints), [(m.matches[:, 1], m.track_ids) for m in matched])
         velocities = self.tracks.velocities(frame.stamp_ns, keypoints, track_ids)
 
@@ -229,9 +233,13 @@ def _image_problem(image) -> str:
         return "invalid_image"
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
         return "invalid_image"
+    if image.dtype not in (np.uint8, np.uint16) and image.dtype.kind != "f":  # what the extractors take
+        return "invalid_image"
     if image.shape[0] < 16 or image.shape[1] < 16:
         return "image_too_small"
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        return "invalid_image"
+    if image.dtype.kind == "f":
+        with np.errstate(over="ignore", invalid="ignore"):  # float64 beyond float32 (the extractors' type)
+            if not np.isfinite(image.astype(np.float32, copy=False)).all():
+                return "invalid_image"  # NaN / inf
     return ""
 

@@ -357,12 +357,15 @@ def test_factory_for():
         factory_for(object())
 
 
-def test_rclpy_field_checks_are_active(factory):
+def test_rclpy_field_checks_are_active():
     """Guards the fixture: with rclpy the builders above ran with the generated type checks on."""
-    if factory.flavour != "rclpy":
-        pytest.skip("rclpy only")
-    with pytest.raises(AssertionError):
-        factory.new("geometry_msgs/msg/Point32", x=np.float32(1.0), y=0.0, z=0.0)
+    patched = enable_rclpy_field_checks()
+    try:
+        with pytest.raises(AssertionError):
+            RclpyTypes().new("geometry_msgs/msg/Point32", x=np.float32(1.0), y=0.0, z=0.0)
+    finally:
+        for module, value in patched:
+            module.ros_python_check_fields = value
 
 
 def test_header_first_adapters(factory):

@@ -95,6 +95,8 @@ def invocations(args: dict[str, str]) -> list[NodeInvocation]:
     if compressed:
         remappings.append(("image/compressed", image + "/compressed"))
     cameras = [c.strip().strip("/") for c in values["cameras"].split(",") if c.strip().strip("/")]
-    namespaces = ["/" + c for c in cameras] if cameras else [values["namespace"]]
+    single = values["namespace"].strip().strip("/")
+    # rcl only accepts a fully qualified __ns (launch_ros makes namespaces absolute too).
+    namespaces = ["/" + c for c in cameras] if cameras else ["/" + single if single else ""]
     return [NodeInvocation(ns, params_file, dict(parameters), list(remappings), values["log_level"])
             for ns in namespaces]
