@@ -205,7 +205,10 @@ def test_match_cli_with_learned_checkpoints(image_pair, matcher, hub_cache, tmp_
     assert picture is not None and picture.shape[1] > 1280
 
 
-def test_match_cli_classical_and_errors(image_pair, tmp_path):
+def test_match_cli_classical_and_errors(image_pair, tmp_path, capsys, monkeypatch):
+    from glue_ros.tools.match import main as match_main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     a, b, _ = image_pair
     ok = cli("match", str(a), str(b), "--set", "extractor.type=sift", "--set", "matcher.type=nn",
              "--json", str(tmp_path / "s.json"))
@@ -226,9 +229,13 @@ def test_match_cli_classical_and_errors(image_pair, tmp_path):
 
             if torch.cuda.is_available():
                 continue
-        result = cli("match", *args)
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode != 0 and len(lines) == 1 and fragment in lines[0], (args, result.stderr)
+        code = match_main(list(args))
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code != 0 and len(lines) == 1 and fragment in lines[0], (args, lines)
+    # the same one-line error from the installed command's process (no traceback, exit status 2)
+    result = cli("match", str(tmp_path / "missing.png"), str(b))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: image '{tmp_path / 'missing.png'}' does not exist"]
 
 
 def test_match_cli_offline_without_weights_explains(image_pair, tmp_path):
