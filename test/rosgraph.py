@@ -48,14 +48,17 @@ os.environ.update(GRAPH_ENV)
 os.environ.setdefault("AMENT_PREFIX_PATH", sys.prefix)  # ament_index_python needs it
 
 
-def child_env(**extra: str) -> dict[str, str]:
+def child_env(*, single_threaded: bool = True, **extra: str) -> dict[str, str]:
     """Environment of spawned nodes: same graph as this process, this checkout importable,
-    unbuffered logs without colour codes."""
+    unbuffered logs without colour codes; ``single_threaded``: one torch/OpenMP thread unless
+    OMP_NUM_THREADS is set (tests run several processes on a small machine)."""
     env = dict(os.environ)
     env.update(GRAPH_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env.update({"PYTHONUNBUFFERED": "1", "RCUTILS_COLORIZED_OUTPUT": "0", "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
-                "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1")})
+                "PYTHONFAULTHANDLER": "1"})  # a hung child can be asked for its stacks (dump_stacks)
+    if single_threaded:
+        env.setdefault("OMP_NUM_THREADS", "1")
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -141,8 +144,19 @@ class NodeProcess:
         try:
             self.returncode = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"{self.label} did not exit within {timeout} s:\n" + self.output()[-4000:]) from None
+            raise AssertionError(f"{self.label} did not exit within {timeout} s:\n" + self.dump_stacks()) from None
         return self.returncode
+
+    def dump_stacks(self) -> str:
+        """The output of a hung process, with the Python stacks of all its threads (SIGABRT makes
+        faulthandler, enabled by PYTHONFAULTHANDLER in child_env, print them; the process dies)."""
+        if self.alive():
+            try:
+                self.proc.send_signal(signal.SIGABRT)
+                self.proc.wait(5.0)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                pass
+        return self.output()[-6000:]
 
     def interrupt(self, timeout: float = 10.0) -> int:
         """SIGINT (Ctrl-C) to the process only, then wait for it to exit; returns its exit code."""
@@ -362,7 +376,12 @@ class Graph:
                                      + process.output()[-4000:])
             return publisher.get_subscription_count() > 0
 
-        wait_until(matched, timeout, f"a subscriber on {publisher.topic_name}", poll=0.05)
+        try:
+            wait_until(matched, timeout, f"a subscriber on {publisher.topic_name}", poll=0.05)
+        except AssertionError as exc:
+            if process is None or not process.alive():
+                raise
+            raise AssertionError(f"{exc}; {process.label} is still starting:\n{process.dump_stacks()}") from None
 
     def wait_for_publishers(self, topic: str, timeout: float = 30.0) -> None:
         wait_until(lambda: self.node.count_publishers(topic) > 0, timeout, f"a publisher on {topic}", poll=0.05)
@@ -448,6 +467,7 @@ class MatcherTopics:
         self.keyframes = graph.subscribe(f"{self.fqn}/keyframes", PointCloud2)
         self.diagnostics = graph.subscribe("/diagnostics", DiagnosticArray)
         self.compressed = compressed
+        self._primed = False  # the node has received a frame of ours (see publish_and_wait)
 
     def wait_ready(self, process: NodeProcess | None = None, timeout: float = 90.0) -> None:
         """The node subscribes to its input (it does so only once its models are loaded) and its
@@ -476,9 +496,26 @@ class MatcherTopics:
         return stamp
 
     def publish_and_wait(self, image, stamp_ns: int | None = None, camera=None, timeout: float = 20.0, **kw):
-        """Publish one frame and wait for its ~/matches message (frames are paced: none dropped)."""
+        """Publish one frame and wait for its ~/matches message (frames are paced: none dropped).
+
+        The first frame sent to a node may race discovery: our writer already sees the node's reader,
+        but the reader does not know our writer yet and discards a best-effort sample. So the first
+        frame is re-sent while the node's diagnostics say it has received no frame at all (no
+        duplicate can reach it that way)."""
         stamp = self.publish(image, stamp_ns, camera, **kw)
-        return self.matches.wait_for_stamp(stamp, timeout)
+        deadline = time.monotonic() + timeout
+        while not self._primed:
+            try:
+                msg = self.matches.wait_for_stamp(stamp, 1.0)
+                self._primed = True
+                return msg
+            except AssertionError:
+                report = self.wait_for_diagnostics(lambda d: True, max(deadline - time.monotonic(), 0.1))
+                if int(report["frames_received"]) > 0:
+                    self._primed = True
+                elif time.monotonic() < deadline:
+                    self.publish(image, stamp_ns, camera, **kw)
+        return self.matches.wait_for_stamp(stamp, max(deadline - time.monotonic(), 0.1))
 
     def diagnostics_of_node(self) -> list[dict]:
         """Decoded /diagnostics values of this node (oldest first)."""

@@ -3,6 +3,15 @@
 Callbacks only enqueue messages (bounded queue, drop-oldest, every drop counted); one worker
 thread decodes the newest frame, runs the pipeline and publishes. Outputs carry the input image's
 stamp, never now(), so bag replay and use_sim_time work.
+
+Every image the node receives is accounted for in /diagnostics: ``frames_received`` =
+``frames_processed`` (one ~/matches each) + ``frames_dropped_queue_total`` + ``frames_rejected_total``
+(per reason: ``rejected.<reason>``, e.g. bad_step, short_data, corrupt_compressed, repeated_stamp)
++ ``frames_pending``. Frames the middleware lost before delivery are ``frames_lost_transport_total``.
+Unusable CameraInfo messages (NaN / zero K ...) are ignored and counted (``camera_info_rejected``):
+frames keep the last usable intrinsics. Warnings about bad input are rate-limited per reason.
+Parameters are validated before torch and the models load (a bad value exits with code 2 in about a
+second, naming the parameter); SIGINT / SIGTERM exit 0.
 """
 from __future__ import annotations
 
@@ -165,7 +174,6 @@ def _make_node_class():
 
         def _declare_and_read_parameters(self) -> dict:
             from rclpy.exceptions import ParameterException
-
             from rclpy.parameter import Parameter
 
             values = {}
@@ -236,8 +244,11 @@ def _make_node_class():
 
         def _on_camera_info(self, msg) -> None:
             self.counters.camera_info_received += 1
-            camera = camera_from_info(msg)
-            problem = camera.problem()
+            try:
+                camera = camera_from_info(msg)
+                problem = camera.problem()
+            except Exception as exc:  # a malformed message must not take the executor down
+                camera, problem = None, f"unreadable ({type(exc).__name__}: {exc})"
             if problem:
                 # Not stored: frames keep using the last usable intrinsics (or camera.* / none).
                 self.counters.camera_info_rejected += 1
