@@ -97,8 +97,14 @@ class FrontEnd:
         with torch.inference_mode():
             return self.extractor.extract(list(images))
 
-    def process(self, frame: Frame, features: Features | None = None) -> FrameResult:
-        """Process one frame. ``features`` lets a caller that batched the extraction pass them in."""
+    def process(self, frame: Frame, features: Features | None = None,
+                previous_input_stamp_ns: int | None = None) -> FrameResult:
+        """Process one frame. ``features`` lets a caller that batched the extraction pass them in.
+
+        ``previous_input_stamp_ns``: stamp of the input frame that arrived before this one, when the
+        caller dropped frames in between (a live node under load). The camera-gap reset then measures
+        the gap between *arrivals*, not between processed frames, so slow processing is not mistaken
+        for a camera that stopped."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
         problem = _image_problem(frame.image)
@@ -109,7 +115,10 @@ class FrontEnd:
             return self._rejected(frame, "repeated_stamp")
 
         newest = self.buffer.newest(1)
-        why_reset = reset_reason(frame.stamp_ns, (width, height), self._last_stamp_ns,
+        gap_reference = self._last_stamp_ns
+        if gap_reference is not None and previous_input_stamp_ns is not None:
+            gap_reference = max(gap_reference, previous_input_stamp_ns)
+        why_reset = reset_reason(frame.stamp_ns, (width, height), gap_reference,
                                  newest[0].image_size if newest else None, self.config.keyframes)
 
         # Everything that can fail on resources (extraction, matching: e.g. out of device memory on a

@@ -306,3 +306,15 @@ def test_core_imports_without_rclpy():
             "assert 'transformers' not in sys.modules\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_gap_reset_measures_arrivals_not_processing():
+    """A node that drops frames under load passes the previous arrival's stamp: no false reset."""
+    seq = render_sequence(2, width=320, height=240, motion="forward", seed=1)
+    frontend = classical("orb", **{"keyframes.reset_gap_s": 1.0})
+    frontend.process(Frame(seq.images[0], 0, "cam", seq.camera))
+    late = 3_000_000_000  # processed 3 s later, but frames kept arriving (the last one 33 ms before)
+    r = frontend.process(Frame(seq.images[1], late, "cam", seq.camera), previous_input_stamp_ns=late - 33_000_000)
+    assert r.reset_reason == "" and len(r.matches) == 1
+    r = frontend.process(Frame(seq.images[0], late + 3_000_000_000, "cam", seq.camera))  # a real pause
+    assert r.reset_reason == "stamp_gap"

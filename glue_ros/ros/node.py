@@ -143,6 +143,7 @@ def _make_node_class():
             self.add_on_set_parameters_callback(self._on_set_parameters)
 
             self._queue: collections.deque = collections.deque(maxlen=self._flat["input.queue_size"])
+            self._previous_input_stamp: int | None = None  # of the last frame that arrived (gap resets)
             self._cond = threading.Condition()
             self._stop = threading.Event()
             self._worker = threading.Thread(target=self._work, name="glue_ros_worker", daemon=True)
@@ -234,7 +235,9 @@ def _make_node_class():
                 self._last_input = time.monotonic()
                 if len(self._queue) == self._queue.maxlen:
                     self.counters.dropped_queue += 1  # deque drops the oldest on append
-                self._queue.append((msg, kind, time.monotonic()))
+                stamp_ns = _safe_stamp_ns(msg)
+                self._queue.append((msg, kind, time.monotonic(), self._previous_input_stamp))
+                self._previous_input_stamp = stamp_ns
                 self._cond.notify()
 
         def _on_message_lost(self, info) -> None:
@@ -277,10 +280,10 @@ def _make_node_class():
                         self._cond.wait(0.1)
                     if self._stop.is_set():
                         return
-                    msg, kind, received_at = self._queue.popleft()
+                    msg, kind, received_at, previous_stamp = self._queue.popleft()
                     self._busy = True
                 try:
-                    self._process(msg, kind, received_at)
+                    self._process(msg, kind, received_at, previous_stamp)
                 except Exception as exc:  # never let one frame kill the worker
                     self.counters.errors += 1
                     if self._busy:  # not counted yet (an error after publishing is only logged)
@@ -299,7 +302,7 @@ def _make_node_class():
                 self.counters.errors += 1
                 self.get_logger().error(f"parameter update not applied: {exc}")
 
-        def _process(self, msg, kind: str, received_at: float) -> None:
+        def _process(self, msg, kind: str, received_at: float, previous_stamp: int | None = None) -> None:
             if self._pending_config is not None:
                 self._apply_pending_config()
             image_codec = self._image_codec
@@ -314,7 +317,8 @@ def _make_node_class():
             camera = self._camera_for(stamp_ns)
             frame = self._Frame(image, stamp_ns, msg.header.frame_id, camera)
             try:
-                result = self.frontend.process(frame)
+                # gap resets measure arrivals, so frames dropped by the queue do not look like a pause
+                result = self.frontend.process(frame, previous_input_stamp_ns=previous_stamp)
             except Exception as exc:
                 if _is_out_of_memory(exc):
                     _free_device_memory()
@@ -451,6 +455,13 @@ def _make_node_class():
             self._worker.join(timeout=5.0)
 
     return MatcherNode
+
+
+def _safe_stamp_ns(msg) -> int | None:
+    try:
+        return stamp_to_ns(msg.header.stamp)
+    except Exception:  # malformed header: the worker rejects the frame later
+        return None
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
