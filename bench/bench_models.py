@@ -21,7 +21,7 @@ Ours and the reference are timed interleaved (rotating order each round) in one 
 ours / transformers (< 1 = ours faster), medians of per-round ratios.
 
     python bench/bench_models.py            # full: K = 512, 1024, 2048
-    python bench/bench_models.py --quick    # smoke run, < 2 min on 2 cores
+    python bench/bench_models.py --quick    # smoke run, < 2 min on an idle 2-core CPU
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 H, W = 480, 640
-OFF = dict(depth_confidence=-1.0, width_confidence=-1.0)
-ON = dict(depth_confidence=0.95, width_confidence=0.99)
+OFF = {"depth_confidence": -1.0, "width_confidence": -1.0}
+ON = {"depth_confidence": 0.95, "width_confidence": 0.99}
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
@@ -170,12 +170,45 @@ def memory_worker(spec: dict) -> dict:
 
 
 def run_memory(spec: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--mem-worker", json.dumps(spec)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=C.memory_env(), cwd=str(C.ROOT))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--threads", str(spec["threads"]),
+           "--mem-worker", json.dumps(spec)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=C.memory_env(), cwd=str(C.ROOT), check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         return {"peak_mib": float("nan"), "method": f"failed: {proc.stderr.strip().splitlines()[-1:]}"}
     return json.loads(lines[-1])
+
+
+# --------------------------------------------------------------------------- agreement helpers
+
+
+def ours_lightglue(model, f0, f1):
+    out = model.forward_features([f0], [f1])
+    return C.match_set(out.pair(0, len(f0)).matches), out.log_assignment[0], int(out.stop_layer[0])
+
+
+def ours_superglue(model, f0, f1):
+    with torch.inference_mode():
+        out = model(*model.pad([f0], [f1]))
+    m0 = out.matches0[0, : len(f0)]
+    idx0 = torch.nonzero(m0 >= 0).squeeze(1)
+    pairs = torch.stack([idx0, m0[idx0]], 1).cpu().numpy()
+    return C.match_set(pairs), out.pair_log_assignment(0), -1
+
+
+def reference_lightglue(ref, f0, f1, device):
+    kpts, desc, _, _ = reference_inputs(f0, f1, device, with_scores=False)
+    mask = torch.zeros(1, 2, kpts.shape[2], dtype=torch.int, device=device)
+    mask[0, 0, : len(f0)], mask[0, 1, : len(f1)] = 1, 1
+    with torch.inference_mode():
+        return C.match_set(C.reference_pair_matches(ref._match_image_pair(kpts, desc, H, W, mask=mask)[0]))
+
+
+def reference_superglue(ref, f0, f1, device):
+    kpts, desc, scores, mask = reference_inputs(f0, f1, device, with_scores=True)
+    with torch.inference_mode():
+        out = ref._match_image_pair(kpts, desc, scores, H, W, mask=None if len(f0) == len(f1) else mask)
+    return C.match_set(C.reference_pair_matches(out[0]))
 
 
 # --------------------------------------------------------------------------- main benchmark
@@ -191,7 +224,8 @@ def main() -> None:
     parser.add_argument("--mem-sinkhorn", type=int, default=10,
                         help="Sinkhorn iterations in the memory runs (the peak does not depend on it; default 10)")
     parser.add_argument("--quick", action="store_true",
-                        help="K=512 only, 2 rounds, no warm-up round, no SuperGlue end-to-end, memory for K=512 only")
+                        help="K=512 only, 2 rounds, no SuperGlue end-to-end, fp32-only memory cells "
+                             "(smoke run, < 2 min on an idle 2-core CPU)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (pixels -> matches) timings")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch default)")
@@ -204,12 +238,16 @@ def main() -> None:
         print(json.dumps(memory_worker(json.loads(args.mem_worker))))
         return
     if args.quick:
-        args.sizes, args.repeats, args.warmup = "512", 2, 0
+        args.sizes, args.repeats = "512", 2
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     from glue_ros.device import resolve_device
 
     device = resolve_device(args.device)
     t_start = time.perf_counter()
+
+    def progress(what: str) -> None:
+        print(f"[{time.perf_counter() - t_start:5.0f}s] {what}", file=sys.stderr, flush=True)
+
     info = C.machine_info(str(device))
     print("## Machine\n")
     print(C.markdown_kv(info), "\n", flush=True)
@@ -221,10 +259,11 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="glue_ros_bench_"))
     refs, dirs = C.build_checkpoints(workdir / "weights")
     sp_ref, lg_ref, sg_ref = (refs[k].to(device).eval() for k in ("superpoint", "lightglue", "superglue_indoor"))
-    lg_ref.filter_threshold = 0.0  # random weights: no match scores above 0.1; compare all mutual matches
+    lg_ref.filter_threshold = 0.0  # random weights give no score above 0.1: compare all mutual matches
     sg_ref.config.sinkhorn_iterations, sg_ref.config.matching_threshold = args.sinkhorn, 0.0
 
     lows = low_precisions(device)
+    low_names = [DTYPE_NAMES[dt] for dt in lows]
     dtypes = [torch.float32, *lows]
     sp = {dt: SuperPoint.from_pretrained(str(dirs["superpoint"]), device=device, dtype=dt, keypoint_threshold=0.0)
           for dt in dtypes}
@@ -240,119 +279,66 @@ def main() -> None:
     pair_pixels = torch.stack([g0, g1])[None, :, None].expand(1, 2, 3, H, W)
 
     speed_rows, agree_rows, mem_rows, e2e_rows = [], [], [], []
-    results: dict = {"machine": info, "sizes": sizes, "repeats": args.repeats, "device": str(device),
-                     "sinkhorn": args.sinkhorn, "timings_s": {}, "agreement": {}, "memory_mib": {}}
+    results: dict = {"machine": info, "sizes": sizes, "repeats": args.repeats, "warmup": args.warmup,
+                     "device": str(device), "sinkhorn": args.sinkhorn, "timings_s": {}, "agreement": {},
+                     "memory_mib": {}}
     features_by_k: dict[str, list] = {}
-    crash = None
 
-    def record(name: str, k: int, times: dict[str, list[float]]) -> None:
+    def timed(name: str, label: str, k: int, cases: dict) -> dict[str, list[float]]:
+        progress(f"K={k}: {name}")
+        times = C.interleaved(cases, args.repeats, args.warmup, device)
         results["timings_s"][f"{name} K={k}"] = times
-
-    def speed_row(label: str, k: int, times: dict[str, list[float]]) -> list:
         ref = times["transformers"]
-        row = [label, k, C.ms(C.median(times["ours fp32"])), *(C.ms(C.median(times[f"ours {DTYPE_NAMES[dt]}"]))
-                                                             for dt in lows),
-               C.ms(C.median(ref)), C.ratio(C.paired_ratio(times["ours fp32"], ref)),
-               *(C.ratio(C.paired_ratio(times[f"ours {DTYPE_NAMES[dt]}"], ref)) for dt in lows)]
-        return row
+        speed_rows.append([label, k, C.ms(C.median(times["ours fp32"])),
+                           *(C.ms(C.median(times[f"ours {n}"])) for n in low_names),
+                           C.ms(C.median(ref)), C.spread(ref), C.ratio(C.paired_ratio(times["ours fp32"], ref)),
+                           *(C.ratio(C.paired_ratio(times[f"ours {n}"], ref)) for n in low_names)])
+        return times
+
+    def ref_sp():
+        with torch.inference_mode():
+            return sp_ref(pix0)
 
     for k in sizes:
-        print(f"[{time.perf_counter() - t_start:5.0f}s] K={k}: SuperPoint", flush=True)
+        # ---- SuperPoint
         for model in sp.values():
             model.options = SuperPointConfig(keypoint_threshold=0.0, max_keypoints=k)
         C.set_reference_detector(sp_ref, k)
         cases = {f"ours {DTYPE_NAMES[dt]}": (lambda m=sp[dt]: m.extract(g0)) for dt in dtypes}
-
-        def ref_sp():
-            with torch.inference_mode():
-                return sp_ref(pix0)
-
         cases["transformers"] = ref_sp
-        times = C.interleaved(cases, args.repeats, args.warmup, device)
-        record("superpoint", k, times)
-        speed_row_sp = speed_row("SuperPoint (ms/frame)", k, times)
-        speed_rows.append(speed_row_sp)
+        timed("superpoint", "SuperPoint (ms/frame)", k, cases)
 
-        # features for the matchers (our fp32 extractor), agreement of keypoints
-        f0, f1 = sp[torch.float32].extract([g0, g1])
+        f0, f1 = sp[torch.float32].extract([g0, g1])  # the matchers' inputs: our fp32 features
         features_by_k[str(k)] = [f0.to("cpu"), f1.to("cpu")]
-        fp32_kp = {tuple(p) for p in f0.keypoints_numpy().round().astype(int).tolist()}
-        out = ref_sp()
-        n_ref = int(out.mask[0].sum())
-        ref_kp = (out.keypoints[0, :n_ref].cpu() * torch.tensor([W, H])).round().int().tolist()
-        agree = {"ours fp32 vs transformers": len(fp32_kp & {tuple(p) for p in ref_kp}) / max(len(fp32_kp), 1)}
-        for dt in lows:
-            fl = sp[dt].extract(g0)[0]
-            kp = {tuple(p) for p in fl.keypoints_numpy().round().astype(int).tolist()}
-            agree[f"{DTYPE_NAMES[dt]} vs fp32"] = len(kp & fp32_kp) / max(len(fp32_kp), 1)
-        results["agreement"][f"superpoint K={k}"] = agree
-        agree_rows.append(["SuperPoint keypoints", k, len(f0), *(f"{100 * agree[f'{DTYPE_NAMES[dt]} vs fp32']:.1f}"
-                                                               for dt in lows),
-                           f"{100 * agree['ours fp32 vs transformers']:.1f}"])
 
-        if crash is None:
-            crash = reference_crash_check(lg_ref, f0, f1, device)
-            results["transformers_single_mechanism"] = crash
-
-        # ---- LightGlue
+        # ---- LightGlue on precomputed features
         kpts, desc, _, _ = reference_inputs(f0, f1, device, with_scores=False)
         mask = torch.zeros(1, 2, kpts.shape[2], dtype=torch.int, device=device)
         mask[0, 0, : len(f0)], mask[0, 1, : len(f1)] = 1, 1
         for mode_name, mode in (("off", OFF), ("on", ON)):
-            print(f"[{time.perf_counter() - t_start:5.0f}s] K={k}: LightGlue adaptive {mode_name}", flush=True)
             for model in lg.values():
                 model.reconfigure(**mode)
             lg_ref.depth_confidence, lg_ref.width_confidence = mode["depth_confidence"], mode["width_confidence"]
-            outputs: dict = {}
 
-            def ours_lg(dt):
-                outputs[dt] = lg[dt].match([f0], [f1])[0]
-
-            def ref_lg():
+            def ref_lg(kpts=kpts, desc=desc, mask=mask):
                 with torch.inference_mode():
-                    outputs["ref"] = lg_ref._match_image_pair(kpts, desc, H, W, mask=mask)
+                    return lg_ref._match_image_pair(kpts, desc, H, W, mask=mask)
 
-            cases = {f"ours {DTYPE_NAMES[dt]}": (lambda dt=dt: ours_lg(dt)) for dt in dtypes}
+            cases = {f"ours {DTYPE_NAMES[dt]}": (lambda m=lg[dt], a=f0, b=f1: m.match([a], [b])) for dt in dtypes}
             cases["transformers"] = ref_lg
-            times = C.interleaved(cases, args.repeats, args.warmup, device)
-            record(f"lightglue {mode_name}", k, times)
-            speed_rows.append(speed_row(f"LightGlue adaptive {mode_name} (ms/pair)", k, times))
-            base = C.match_set(outputs[torch.float32].matches)
-            agree = {"ours fp32 vs transformers": C.iou(base, C.match_set(C.reference_pair_matches(outputs["ref"][0])))}
-            for dt in lows:
-                agree[f"{DTYPE_NAMES[dt]} vs fp32"] = C.iou(C.match_set(outputs[dt].matches), base)
-            agree["stop_layer fp32"] = outputs[torch.float32].stop_layer
-            results["agreement"][f"lightglue {mode_name} K={k}"] = agree
-            agree_rows.append([f"LightGlue adaptive {mode_name} matches", k, len(base),
-                               *(f"{100 * agree[f'{DTYPE_NAMES[dt]} vs fp32']:.1f}" for dt in lows),
-                               f"{100 * agree['ours fp32 vs transformers']:.1f}"])
+            timed(f"lightglue {mode_name}", f"LightGlue adaptive {mode_name} (ms/pair)", k, cases)
 
-        # ---- SuperGlue
-        print(f"[{time.perf_counter() - t_start:5.0f}s] K={k}: SuperGlue", flush=True)
+        # ---- SuperGlue on precomputed features
         skpts, sdesc, sscores, smask = reference_inputs(f0, f1, device, with_scores=True)
         smask = None if len(f0) == len(f1) else smask
-        outputs = {}
 
-        def ours_sg(dt):
-            outputs[dt] = sg[dt].match([f0], [f1])[0]
-
-        def ref_sg():
+        def ref_sg(skpts=skpts, sdesc=sdesc, sscores=sscores, smask=smask):
             with torch.inference_mode():
-                outputs["ref"] = sg_ref._match_image_pair(skpts, sdesc, sscores, H, W, mask=smask)
+                return sg_ref._match_image_pair(skpts, sdesc, sscores, H, W, mask=smask)
 
-        cases = {f"ours {DTYPE_NAMES[dt]}": (lambda dt=dt: ours_sg(dt)) for dt in dtypes}
+        cases = {f"ours {DTYPE_NAMES[dt]}": (lambda m=sg[dt], a=f0, b=f1: m.match([a], [b])) for dt in dtypes}
         cases["transformers"] = ref_sg
-        times = C.interleaved(cases, args.repeats, args.warmup, device)
-        record("superglue", k, times)
-        speed_rows.append(speed_row(f"SuperGlue sinkhorn {args.sinkhorn} (ms/pair)", k, times))
-        base = C.match_set(outputs[torch.float32].matches)
-        agree = {"ours fp32 vs transformers": C.iou(base, C.match_set(C.reference_pair_matches(outputs["ref"][0])))}
-        for dt in lows:
-            agree[f"{DTYPE_NAMES[dt]} vs fp32"] = C.iou(C.match_set(outputs[dt].matches), base)
-        results["agreement"][f"superglue K={k}"] = agree
-        agree_rows.append(["SuperGlue matches", k, len(base),
-                           *(f"{100 * agree[f'{DTYPE_NAMES[dt]} vs fp32']:.1f}" for dt in lows),
-                           f"{100 * agree['ours fp32 vs transformers']:.1f}"])
+        timed("superglue", f"SuperGlue sinkhorn {args.sinkhorn} (ms/pair)", k, cases)
 
         # ---- end to end (pixels -> matches), for context
         if not args.no_e2e:
@@ -360,7 +346,6 @@ def main() -> None:
             if not args.quick:
                 e2e.append((f"SuperGlue sinkhorn {args.sinkhorn}", sg, sg_ref, None))
             for label, ours_models, ref_model, mode in e2e:
-                print(f"[{time.perf_counter() - t_start:5.0f}s] K={k}: end-to-end {label}", flush=True)
                 C.set_reference_detector(ref_model.keypoint_detector, k)
                 if mode is not None:
                     ours_models[torch.float32].reconfigure(**mode)
@@ -368,63 +353,112 @@ def main() -> None:
                     ref_model.width_confidence = mode["width_confidence"]
 
                 def ours_e2e(m=ours_models[torch.float32]):
-                    a, b = sp[torch.float32].extract([g0, g1])
+                    a, b = sp[torch.float32].extract([g0, g1])  # one batched CNN pass
                     return m.match([a], [b])
 
                 def ref_e2e(m=ref_model):
                     with torch.inference_mode():
                         return m(pair_pixels)
 
+                progress(f"K={k}: end-to-end {label}")
                 times = C.interleaved({"ours fp32": ours_e2e, "transformers": ref_e2e}, args.repeats,
                                       args.warmup, device)
-                record(f"end-to-end {label}", k, times)
+                results["timings_s"][f"end-to-end {label} K={k}"] = times
                 e2e_rows.append([f"{label}: 2 images -> matches (ms/pair)", k,
                                  C.ms(C.median(times["ours fp32"])), C.ms(C.median(times["transformers"])),
+                                 C.spread(times["transformers"]),
                                  C.ratio(C.paired_ratio(times["ours fp32"], times["transformers"]))])
 
+        # ---- agreement (untimed)
+        progress(f"K={k}: agreement")
+        fp32_kp = {tuple(p) for p in f0.keypoints_numpy().round().astype(int).tolist()}
+        out = ref_sp()
+        n_ref = int(out.mask[0].sum())
+        ref_kp = {tuple(p) for p in (out.keypoints[0, :n_ref].cpu() * torch.tensor([W, H])).round().int().tolist()}
+        agree = {"count": len(fp32_kp), "ours fp32 vs transformers": len(fp32_kp & ref_kp) / max(len(fp32_kp), 1)}
+        for dt in lows:
+            kp = {tuple(p) for p in sp[dt].extract(g0)[0].keypoints_numpy().round().astype(int).tolist()}
+            agree[f"{DTYPE_NAMES[dt]} vs fp32"] = len(kp & fp32_kp) / max(len(fp32_kp), 1)
+        results["agreement"][f"superpoint K={k}"] = agree
+        agree_rows.append(["SuperPoint keypoints", "image", k, agree["count"],
+                           *(f"{100 * agree[f'{n} vs fp32']:.1f}" for n in low_names), *("-" for _ in low_names),
+                           f"{100 * agree['ours fp32 vs transformers']:.1f}", "-"])
+        synth = C.synthetic_pair(k, k, seed=k)
+        for inputs_name, (a, b) in (("image (SuperPoint)", (f0, f1)), ("synthetic", synth)):
+            matchers = [(f"LightGlue adaptive {n}", lg, ours_lightglue, mode,
+                         lambda x, y: reference_lightglue(lg_ref, x, y, device)) for n, mode in (("off", OFF), ("on", ON))]
+            matchers.append((f"SuperGlue sinkhorn {args.sinkhorn}", sg, ours_superglue, None,
+                             lambda x, y: reference_superglue(sg_ref, x, y, device)))
+            for label, models, run_ours, mode, run_ref in matchers:
+                if mode is not None:
+                    for model in models.values():
+                        model.reconfigure(**mode)
+                    lg_ref.depth_confidence = mode["depth_confidence"]
+                    lg_ref.width_confidence = mode["width_confidence"]
+                base, base_la, stop = run_ours(models[torch.float32], a, b)
+                agree = {"count": len(base), "stop_layer fp32": stop, "ours fp32 vs transformers": C.iou(base, run_ref(a, b))}
+                for dt in lows:
+                    got, la, stop_low = run_ours(models[dt], a, b)
+                    agree[f"{DTYPE_NAMES[dt]} vs fp32"] = C.iou(got, base)
+                    agree[f"{DTYPE_NAMES[dt]} median |dlog|"] = C.log_assignment_delta(la, base_la)
+                    agree[f"stop_layer {DTYPE_NAMES[dt]}"] = stop_low
+                results["agreement"][f"{label} {inputs_name} K={k}"] = agree
+                stops = "-" if stop < 0 else "/".join(str(agree[s]) for s in ["stop_layer fp32"] +
+                                                       [f"stop_layer {n}" for n in low_names])
+                agree_rows.append([f"{label} matches", inputs_name, k, agree["count"],
+                                   *(f"{100 * agree[f'{n} vs fp32']:.1f}" for n in low_names),
+                                   *(f"{agree[f'{n} median |dlog|']:.2g}" for n in low_names),
+                                   f"{100 * agree['ours fp32 vs transformers']:.1f}", stops])
+
     # ---- peak memory, one fresh subprocess per measurement (after all timings: no interference)
+    method = ""
     if not args.no_memory:
         inputs = workdir / "inputs.pt"
         torch.save({"gray0": gray0, "features": features_by_k}, inputs)
-        mem_sizes = sizes[:1] if args.quick else sizes
-        for k in mem_sizes:
+        for k in sizes:
             for kind, label in (("superpoint", "SuperPoint extract"), ("lightglue", "LightGlue match (adaptive off)"),
                                 ("superglue", "SuperGlue match")):
-                print(f"[{time.perf_counter() - t_start:5.0f}s] memory K={k}: {label}", flush=True)
+                progress(f"memory K={k}: {label}")
                 got = {}
-                for impl, dt in [("ours", d) for d in dtypes] + [("transformers", torch.float32)]:
+                mem_dtypes = [torch.float32] if args.quick else dtypes  # quick: fp32 cells only
+                for impl, dt in [("ours", d) for d in mem_dtypes] + [("transformers", torch.float32)]:
                     spec = {"model": kind, "impl": "ours" if impl == "ours" else "ref", "k": k,
                             "dtype": str(dt).split(".")[-1], "device": str(device), "inputs": str(inputs),
-                            "dirs": {n: str(p) for n, p in dirs.items()}, "sinkhorn": args.mem_sinkhorn}
-                    name = f"{impl} {DTYPE_NAMES[dt]}" if impl == "ours" else impl
-                    got[name] = run_memory(spec)
+                            "dirs": {n: str(p) for n, p in dirs.items()}, "sinkhorn": args.mem_sinkhorn,
+                            "threads": torch.get_num_threads()}
+                    got[f"ours {DTYPE_NAMES[dt]}" if impl == "ours" else impl] = run_memory(spec)
                 results["memory_mib"][f"{kind} K={k}"] = got
                 ours32, ref = got["ours fp32"]["peak_mib"], got["transformers"]["peak_mib"]
                 mem_rows.append([label, k, f"{ours32:.0f}",
-                                 *(f"{got[f'ours {DTYPE_NAMES[dt]}']['peak_mib']:.0f}" for dt in lows),
+                                 *(f"{got[f'ours {n}']['peak_mib']:.0f}" if f"ours {n}" in got else "-" for n in low_names),
                                  f"{ref:.0f}", C.ratio(ours32 / ref if ref > 0 else float("nan"))])
                 method = got["ours fp32"]["method"]
 
     # ---- report
-    low_names = [DTYPE_NAMES[dt] for dt in lows]
-    print("\n## Speed (median ms; ratio = ours / transformers, median of per-round ratios, < 1 = ours faster)\n")
+    print(f"## Speed, device {device}, {torch.get_num_threads()} torch threads "
+          f"(median ms over {args.repeats} interleaved rounds after {args.warmup} warm-up; "
+          "ratio = ours / transformers fp32, median of per-round ratios, < 1 = ours faster)\n")
     print(C.markdown_table(["case", "K", "ours fp32", *(f"ours {n}" for n in low_names), "transformers fp32",
-                            "ratio fp32", *(f"ratio {n}" for n in low_names)], speed_rows))
+                            "transformers min-max", "ratio fp32", *(f"ratio {n}" for n in low_names)], speed_rows))
     if e2e_rows:
-        print("\n## End-to-end for context (transformers forward(pixel_values) re-extracts both images; "
+        print("\n## End-to-end, for context (transformers forward(pixel_values) detects on both images per pair; "
               "ours = extract both (one batch) + match)\n")
-        print(C.markdown_table(["case", "K", "ours fp32", "transformers fp32", "ratio"], e2e_rows))
+        print(C.markdown_table(["case", "K", "ours fp32", "transformers fp32", "transformers min-max", "ratio"],
+                               e2e_rows))
     if mem_rows:
-        print(f"\n## Peak memory per call (MiB above the resident set before the call; {method}; "
-              "steady state after one warm-up call, fresh process each)\n")
+        print(f"\n## Peak memory per call (MiB above the resident set just before the call; {method}; "
+              "after one warm-up call; fresh process per cell)\n")
         print(C.markdown_table(["case", "K", "ours fp32", *(f"ours {n}" for n in low_names), "transformers fp32",
                                 "ratio fp32"], mem_rows))
-    print("\n## Agreement (% identical; keypoints: share of fp32 keypoints also found; matches: |A∩B|/|A∪B|)\n")
-    print(C.markdown_table(["what", "K", "fp32 count", *(f"{n} vs ours fp32" for n in low_names),
-                            "ours fp32 vs transformers"], agree_rows))
-    if crash:
-        print("\ntransformers LightGlue with one adaptive mechanism:",
-              "; ".join(f"{k}: {v}" for k, v in crash.items()))
+    print("\n## Agreement (keypoints: % of fp32 keypoints also found; matches: % identical = |A∩B|/|A∪B|; "
+          "|dlog| = median abs. difference of the log-assignment)\n")
+    print(C.markdown_table(["what", "inputs", "K", "fp32 count", *(f"{n}: % identical" for n in low_names),
+                            *(f"{n}: median abs dlog" for n in low_names), "ours fp32 vs transformers: % identical",
+                            "LightGlue stop layer fp32/" + "/".join(low_names)], agree_rows))
+    crash = reference_crash_check(lg_ref, *features_by_k[str(sizes[0])], device)
+    results["transformers_single_mechanism"] = crash
+    print("\ntransformers LightGlue with only one adaptive mechanism on:",
+          "; ".join(f"{k}: {v}" for k, v in crash.items()))
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s; load average at end "
           + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     if args.json:

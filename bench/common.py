@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import os
 import platform
 import statistics
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 for _p in (str(ROOT), str(ROOT / "test")):
@@ -35,7 +36,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-import numpy as np  # noqa: E402
+import numpy as np  # noqa: E402  (after the environment set-up above)
 import torch  # noqa: E402
 
 SEEDS = {"superpoint": 0, "lightglue": 1, "superglue_indoor": 2}
@@ -57,7 +58,8 @@ def machine_info(device: str = "cpu") -> dict[str, str]:
         info["cpu"] = platform.processor() or "?"
     info["usable cores"] = str(len(os.sched_getaffinity(0)))
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
         info["bf16 units"] = ",".join(f for f in ("avx512_bf16", "amx_bf16") if f in flags) or "none"
     except OSError:
         pass
@@ -156,13 +158,13 @@ def spread(values: Sequence[float]) -> str:
 
 
 def ms(seconds: float) -> str:
-    if seconds != seconds:
+    if math.isnan(seconds):
         return "-"
     return f"{1e3 * seconds:.1f}" if seconds < 0.1 else f"{1e3 * seconds:.0f}"
 
 
 def ratio(x: float) -> str:
-    return "-" if x != x else f"{x:.2f}"
+    return "-" if math.isnan(x) else f"{x:.2f}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -258,3 +260,34 @@ def reference_pair_matches(matches: torch.Tensor) -> np.ndarray:
     m0 = matches.reshape(-1, 2, matches.shape[-1])[0, 0]
     idx0 = torch.nonzero(m0 >= 0).squeeze(1)
     return torch.stack([idx0, m0[idx0].long()], 1).cpu().numpy()
+
+
+def synthetic_pair(n0: int, n1: int, seed: int, size=(640, 480)):
+    """Well-conditioned synthetic features (as test/test_lightglue.py's synth_pair): random keypoints
+    and random unit descriptors; 60 % of image1's points are jittered, rescaled copies of image0's
+    with noisy descriptors, so real mutual matches exist. Random-weight SuperPoint descriptors are
+    nearly parallel (mean cosine ~0.998), which leaves the matchers almost nothing to match."""
+    import torch.nn.functional as F
+
+    from glue_ros.features import Features
+
+    g = torch.Generator().manual_seed(seed)
+    lim = torch.tensor(size, dtype=torch.float32) - 1
+    k0 = torch.rand(n0, 2, generator=g) * lim
+    d0 = F.normalize(torch.randn(n0, 256, generator=g), dim=-1)
+    shared = min(int(0.6 * n1), n0)
+    src = torch.randperm(n0, generator=g)[:shared]
+    k1 = torch.cat([k0[src] + 3 * torch.randn(shared, 2, generator=g), torch.rand(n1 - shared, 2, generator=g) * lim])
+    k1 = torch.minimum(k1.clamp(min=0), lim)
+    d1 = F.normalize(torch.cat([d0[src] + 0.3 * torch.randn(shared, 256, generator=g),
+                                torch.randn(n1 - shared, 256, generator=g)]), dim=-1)
+    perm = torch.randperm(n1, generator=g)
+    return (Features(k0, torch.rand(n0, generator=g), d0, tuple(size)),
+            Features(k1[perm], torch.rand(n1, generator=g), d1[perm], tuple(size)))
+
+
+def log_assignment_delta(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Median |a - b| over entries finite in both (log-probabilities)."""
+    a, b = a.float().cpu(), b.float().cpu()
+    ok = torch.isfinite(a) & torch.isfinite(b)
+    return float((a[ok] - b[ok]).abs().median()) if ok.any() else float("nan")

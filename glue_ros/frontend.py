@@ -115,9 +115,13 @@ class FrontEnd:
             return self._rejected(frame, "repeated_stamp")
 
         newest = self.buffer.newest(1)
+        # The previous arrival only shortens the measured gap; it never makes this frame "backwards":
+        # an input stamped later than this frame (a rejected message with a garbage stamp, or frames
+        # arriving out of order) must not reset the keyframes.
         gap_reference = self._last_stamp_ns
-        if gap_reference is not None and previous_input_stamp_ns is not None:
-            gap_reference = max(gap_reference, previous_input_stamp_ns)
+        if gap_reference is not None and previous_input_stamp_ns is not None \
+                and gap_reference < previous_input_stamp_ns <= frame.stamp_ns:
+            gap_reference = previous_input_stamp_ns
         why_reset = reset_reason(frame.stamp_ns, (width, height), gap_reference,
                                  newest[0].image_size if newest else None, self.config.keyframes)
 

@@ -125,7 +125,7 @@ def load_checkpoint(source: str, revision: str = "", *, drop_prefixes: tuple[str
             raise WeightsError(f"weights '{source}': {path} is missing (need {CONFIG_NAME} and {WEIGHTS_NAME}; "
                                "only safetensors weights are accepted)")
     try:
-        config = json.loads(config_path.read_text())
+        config = json.loads(config_path.read_text(), object_hook=lambda d: _Config(d, source))
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
@@ -164,6 +164,48 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
     return model
 
 
+class _Config(dict):
+    """A config.json object that knows which weights it came from (for error messages)."""
+
+    def __init__(self, items: Mapping[str, Any], source: str):
+        super().__init__(items)
+        self.source = source
+
+
+#: Architecture sizes in config.json (layer widths, head and layer counts) must be integers in
+#: [1, MAX_CONFIG_SIZE]: the model is built from them *before* the tensors' shapes can be compared,
+#: so a corrupt value must not reach torch (a negative size raised a RuntimeError traceback at start).
+MAX_CONFIG_SIZE = 1 << 16
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _config_error(config: Mapping[str, Any], text: str) -> WeightsError:
+    source = getattr(config, "source", "")
+    return WeightsError((f"weights '{source}': " if source else "") + f"config.json {text}"[:300])
+
+
+def _size(config: Mapping[str, Any], key: str, value: Any) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not _is_int(value) or not 1 <= value <= MAX_CONFIG_SIZE:
+        raise _config_error(config, f"'{key}' must be an integer in [1, {MAX_CONFIG_SIZE}], got {value!r}")
+    return value
+
+
 def config_value(config: Mapping[str, Any], key: str, default: Any) -> Any:
+    """``config[key]`` or ``default``. Where the default is a size (an int, or a sequence of ints), the
+    value is checked to be one (WeightsError naming the weights and the key otherwise)."""
     value = config.get(key, default)
-    return default if value is None else value
+    if value is None:
+        return default
+    if _is_int(default):
+        return _size(config, key, value)
+    if isinstance(default, (tuple, list)) and default and all(_is_int(v) for v in default):
+        if not isinstance(value, (tuple, list)) or not 1 <= len(value) <= 64:
+            shown = f"{len(value)} entries" if isinstance(value, (tuple, list)) else repr(value)
+            raise _config_error(config, f"'{key}' must be a list of 1 to 64 integers, got {shown}")
+        return type(value)(_size(config, key, v) for v in value)
+    return value

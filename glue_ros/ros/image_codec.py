@@ -380,7 +380,7 @@ def decode_compressed(msg: Any) -> np.ndarray:
         raise ImageDecodeError("corrupt_compressed", "no data")
     if "compresseddepth" in fmt.lower():
         return _decode_compressed_depth(buf, fmt)
-    image = _imdecode(buf, f"compressed image ({fmt.strip()[:40] or 'no format'})")
+    image = _imdecode(buf, f"compressed image ({fmt.strip()[:40]!r})")  # repr: no control characters in logs
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
     if image.ndim == 2:

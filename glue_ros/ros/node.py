@@ -153,7 +153,10 @@ def _make_node_class():
                               clock=Clock(clock_type=ClockType.STEADY_TIME))
 
             # Inputs last: once the node is seen subscribing, it is ready to process.
-            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+            # Reliable input keeps every sample until the callback took it (KEEP_ALL): with KEEP_LAST the
+            # reader would silently overwrite unread frames in a burst. Drops then happen only in our
+            # own queue, where they are counted.
+            reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_ALL)
             input_qos = qos_profile_sensor_data if self._flat["input.qos"] == "sensor_data" else reliable
             # Frames the middleware saw but could not deliver (e.g. fragments of a large best-effort
             # frame lost over UDP): reported by rmw as message_lost, counted in the diagnostics.

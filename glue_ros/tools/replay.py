@@ -49,7 +49,10 @@ class ReplaySummary:
 
 def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: str | None = None,
                    camera_info_topic: str | None = None, namespace: str = "", storage: str = "mcap",
-                   progress: bool = True, results: list | None = None, diagnostics_every: int = 30) -> ReplaySummary:
+                   progress: bool = True, results: list | None = None, diagnostics_every: int = 30,
+                   observer=None) -> ReplaySummary:
+    """``observer(frontend, result)``, if given, is called after each processed frame (soak tests
+    watch the pipeline's memory bounds through it)."""
     from ..config import FrontEndConfig
     from ..device import describe
     from ..frontend import Frame, FrontEnd
@@ -102,6 +105,8 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
                     summary.processed += 1
                     if results is not None:
                         results.append(result)
+                    if observer is not None:
+                        observer(frontend, result)
                     normalizer = (lambda pts, cam=camera: normalize_points(pts, cam)) \
                         if params["output.features"] and camera is not None else None
                     for suffix, msg in frame_outputs(result, types, params["output.frame_id"] or result.frame_id,
