@@ -103,13 +103,18 @@ def shm_in_use() -> set[str]:
     return used
 
 
-def leaked_shm(names: set[str], existed_before: set[str]) -> list[str]:
-    """Fast DDS segments among ``names`` (with their ``_el`` lock files and port mutexes) that were
-    created after ``existed_before`` was listed and are still in /dev/shm although no live process
-    uses them. (A segment that existed before — e.g. a domain's shared port left by a killed
-    process of someone else — is not ours to clean.)"""
+def leaked_shm(names: set[str], existed_before: set[str], mutexes: bool = False) -> list[str]:
+    """Fast DDS segments among ``names`` (with their ``_el`` lock files) that were created after
+    ``existed_before`` was listed and are still in /dev/shm although no live process uses them. (A
+    segment that existed before — e.g. a shared port left by someone else's killed process — is not
+    ours to clean.) ``mutexes``: the ports' named semaphores (``sem.fastdds_port<N>_mutex``) instead:
+    Fast DDS sometimes leaves the mutex of a port shared by several participants (the 70xx ports)
+    after the port itself is gone; reported separately, not counted as a leak."""
     names = {n for n in names if n.startswith("fastdds_")}
-    candidates = names | {n + "_el" for n in names} | {f"sem.{n}_mutex" for n in names if n.startswith("fastdds_port")}
+    if mutexes:
+        candidates = {f"sem.{n}_mutex" for n in names if n.startswith("fastdds_port") and not n.endswith("_el")}
+    else:
+        candidates = names | {n + "_el" for n in names if not n.endswith("_el")}
     existing = {n for n in candidates - existed_before if (SHM / n).exists()}
     return sorted(existing - shm_in_use())
 
@@ -179,7 +184,7 @@ class SoakFigures:
             out.append(f"  shared memory: {e.get('shm_mapped_max')} /dev/shm files mapped by the node "
                        f"({e.get('shm_created_by_node')} Fast DDS segments created during the run); after its exit "
                        f"leaked {e.get('shm_leaked')}; this process after closing its graph: leaked "
-                       f"{e.get('shm_leaked_graph')}")
+                       f"{e.get('shm_leaked_graph')}; port mutexes left {e.get('shm_mutexes_left')}")
             out.append(f"  publisher process: RSS {e.get('publisher_rss_start_kb', 0) / 1024:.1f} -> "
                        f"{e.get('publisher_rss_end_kb', 0) / 1024:.1f} MiB, Python threads "
                        f"{e.get('publisher_threads_before')} before / {e.get('publisher_threads_after')} after")
@@ -413,6 +418,7 @@ def run_node(frames: int, *, width: int = 160, height: int = 120, unique: int = 
         time.sleep(0.2)
     fig.extra["shm_leaked"] = leaked_shm(shm_names, existed_before)
     fig.extra["shm_leaked_graph"] = leaked_shm(own - shm_mapped(), existed_before)
+    fig.extra["shm_mutexes_left"] = leaked_shm(shm_names | own, existed_before, mutexes=True)
     fig.extra["shm_created_by_node"] = len({n for n in shm_names if n.startswith("fastdds_")} - existed_before)
     fig.extra["publisher_threads_before"] = threads_before
     fig.extra["publisher_threads_after"] = threading.active_count()

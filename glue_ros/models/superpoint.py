@@ -69,7 +69,8 @@ class _ConvBlock(nn.Module):
         self.pool = pool
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.conv_b(F.relu(self.conv_a(x))))
+        # in-place ReLUs: each out-of-place one allocates another full-resolution feature map
+        x = F.relu(self.conv_b(F.relu(self.conv_a(x), inplace=True)), inplace=True)
         return F.max_pool2d(x, 2) if self.pool else x
 
 
@@ -93,7 +94,7 @@ class _KeypointHead(nn.Module):
         self.conv_score_b = nn.Conv2d(hidden, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_score_b(F.relu(self.conv_score_a(x)))
+        return self.conv_score_b(F.relu(self.conv_score_a(x), inplace=True))
 
 
 class _DescriptorHead(nn.Module):
@@ -103,7 +104,7 @@ class _DescriptorHead(nn.Module):
         self.conv_descriptor_b = nn.Conv2d(hidden, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv_descriptor_b(F.relu(self.conv_descriptor_a(x)))
+        return self.conv_descriptor_b(F.relu(self.conv_descriptor_a(x), inplace=True))
 
 
 def nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
