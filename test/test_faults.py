@@ -210,8 +210,9 @@ def graph():
 INJECTED = "CUDA out of memory. Tried to allocate 3.52 GiB (injected by test_faults)"
 
 
-@pytest.mark.parametrize("where", ["extractor", "matcher"])
+@pytest.mark.parametrize("where", ["extractor", "matcher", "host"])
 def test_out_of_memory_drops_and_counts_the_frame_and_the_node_keeps_going(graph, seq, where):
+    """extractor / matcher: torch.OutOfMemoryError (a GPU running out); host: numpy's MemoryError."""
     namespace = f"/t_oom_{where}"
     node = InProcessNode(namespace, dict(ORB, **{"keyframes.max_interval_s": 0.0}))
     try:
@@ -222,6 +223,8 @@ def test_out_of_memory_drops_and_counts_the_frame_and_the_node_keeps_going(graph
 
         def extract(images):  # out of memory above 640x480, as a GPU would be on a huge frame
             if any(image.shape[0] * image.shape[1] > 640 * 480 for image in images):
+                if where == "host":
+                    raise MemoryError("Unable to allocate 3.52 GiB for an array with shape (960, 1280, 768)")
                 raise torch.OutOfMemoryError(INJECTED)
             return real_extract(images)
 
@@ -242,7 +245,7 @@ def test_out_of_memory_drops_and_counts_the_frame_and_the_node_keeps_going(graph
         keyframes_before = {decode_keyframe(m).stamp_ns for m in topics.keyframes.messages}
         assert keyframes_before == {stamps[0]}
 
-        if where == "extractor":  # a huge frame (different size: it would also have reset the buffer)
+        if where in ("extractor", "host"):  # a huge frame (different size: it would also have reset the buffer)
             huge = np.ascontiguousarray(np.tile(seq.images[2], (8, 8, 1)))  # 1280x960
             topics.publish(huge, stamps[2], seq.camera)
         else:  # a normal frame whose matching runs out of memory

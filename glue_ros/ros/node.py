@@ -468,10 +468,13 @@ def _safe_stamp_ns(msg) -> int | None:
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
+    """GPU or host allocation failures (torch, numpy MemoryError, OpenCV "Insufficient memory")."""
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("out of memory", "insufficient memory", "failed to allocate"))
 
 def _free_device_memory() -> None:
     import torch
