@@ -243,14 +243,7 @@ def main() -> None:
     from glue_ros.device import resolve_device
 
     device = resolve_device(args.device)
-    t_start = time.perf_counter()
-
-    def progress(what: str) -> None:
-        print(f"[{time.perf_counter() - t_start:5.0f}s] {what}", file=sys.stderr, flush=True)
-
-    info = C.machine_info(str(device))
-    print("## Machine\n")
-    print(C.markdown_kv(info), "\n", flush=True)
+    info, progress, t_start = C.start_report(str(device))
 
     from glue_ros.models.lightglue import LightGlue
     from glue_ros.models.superglue import SuperGlue

@@ -118,14 +118,7 @@ def main() -> None:
     device = resolve_device(args.device)
     precisions = [p for p in args.precisions.split(",") if p] or (
         ["fp32", "fp16"] if device.type == "cuda" else ["fp32"] + (["bf16"] if cpu_has_bf16() else []))
-    t_start = time.perf_counter()
-
-    def progress(what: str) -> None:
-        print(f"[{time.perf_counter() - t_start:5.0f}s] {what}", file=sys.stderr, flush=True)
-
-    info = C.machine_info(str(device))
-    print("## Machine\n")
-    print(C.markdown_kv(info), "\n", flush=True)
+    info, progress, t_start = C.start_report(str(device))
 
     workdir = Path(tempfile.mkdtemp(prefix="glue_ros_stream_"))
     refs, dirs = C.build_checkpoints(workdir / "weights", kinds=("lightglue",))

@@ -291,3 +291,16 @@ def log_assignment_delta(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.float().cpu(), b.float().cpu()
     ok = torch.isfinite(a) & torch.isfinite(b)
     return float((a[ok] - b[ok]).abs().median()) if ok.any() else float("nan")
+
+
+def start_report(device: str):
+    """Print the machine table; return (machine info, ``progress(what)`` logger to stderr, start time)."""
+    t_start = time.perf_counter()
+    info = machine_info(device)
+
+    def progress(what: str) -> None:
+        print(f"[{time.perf_counter() - t_start:5.0f}s] {what}", file=sys.stderr, flush=True)
+
+    print("## Machine\n")
+    print(markdown_kv(info), "\n", flush=True)
+    return info, progress, t_start

@@ -44,7 +44,7 @@ from hypothesis import strategies as st
 import rosgraph as rg  # before any rclpy.init: isolates this process' DDS graph
 from glue_ros.config import FrontEndConfig, PoseConfig
 from glue_ros.frontend import Frame, FrontEnd
-from glue_ros.geometry import CameraModel, estimate_relative_pose, normalize_points
+from glue_ros.geometry import estimate_relative_pose, normalize_points
 from glue_ros.ros import image_codec as ic
 from glue_ros.ros.camera_info import camera_from_info
 from glue_ros.synthetic import render_sequence

@@ -6,18 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from .messages import default_typestore
+
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 
 
 class BagError(RuntimeError):
     """A bag cannot be used (missing, corrupt, no such topic). The message says why."""
-
-
-def typestore():
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_KILTED)
 
 
 def open_reader(path: str | Path):
@@ -92,7 +88,7 @@ class BagFrames:
         self.window = window
         self.discontinuity_ns = discontinuity_ns
         self.stats = BagStats()
-        self.typestore = typestore()
+        self.typestore = default_typestore()
         counts = {c.topic: c.msgcount for c in self.reader.connections}
         self.expected_images = counts.get(self.image_topic, 0)
 
@@ -173,7 +169,7 @@ class BagWriter:
         plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}.get(storage)
         if plugin is None:
             raise BagError(f"unknown storage '{storage}' (mcap or sqlite3)")
-        self.typestore = typestore()
+        self.typestore = default_typestore()
         self.writer = Writer(path, version=9, storage_plugin=plugin)
         self.writer.open()
         self.connections: dict[str, object] = {}
