@@ -41,6 +41,7 @@ from torch import nn
 from ..config import MatcherConfig
 from ..device import resolve_device
 from ..features import Features, PairMatches
+from .assignment import mutual_matches
 from .weights import WeightsError, config_value, load_checkpoint, load_into
 
 DROP_PREFIXES = ("keypoint_detector.",)
@@ -307,17 +308,8 @@ class SuperGlue(nn.Module):
 
     def _select(self, log_assignment: torch.Tensor, mask0: torch.Tensor, mask1: torch.Tensor) -> SuperGlueOutput:
         """Mutual best matches; keep those scoring above the threshold (original semantics)."""
-        inner = log_assignment[:, :-1, :-1]
-        max0, idx0 = inner.max(2)
-        idx1 = inner.max(1).indices
-        mutual0 = mask0 & (idx1.gather(1, idx0) == torch.arange(idx0.shape[1], device=idx0.device))
-        mutual1 = mask1 & (idx0.gather(1, idx1) == torch.arange(idx1.shape[1], device=idx1.device))
-        scores0 = torch.where(mutual0, max0.exp(), 0.0)
-        scores1 = torch.where(mutual1, scores0.gather(1, idx1), 0.0)
-        valid0 = mutual0 & (scores0 > self.config.match_threshold)
-        valid1 = mutual1 & valid0.gather(1, idx1)
-        return SuperGlueOutput(log_assignment, torch.where(valid0, idx0, -1), torch.where(valid1, idx1, -1),
-                               scores0, scores1, mask0, mask1)
+        idx0, idx1, scores0, scores1 = mutual_matches(log_assignment, mask0, mask1, self.config.match_threshold)
+        return SuperGlueOutput(log_assignment, idx0, idx1, scores0, scores1, mask0, mask1)
 
     # ---- Features API
 
