@@ -247,7 +247,8 @@ def main() -> None:
 
     from glue_ros.models.lightglue import LightGlue
     from glue_ros.models.superglue import SuperGlue
-    from glue_ros.models.superpoint import SuperPoint, SuperPointConfig
+    from glue_ros.interfaces import DetectionOptions
+    from glue_ros.models.superpoint import SuperPoint
 
     workdir = Path(tempfile.mkdtemp(prefix="glue_ros_bench_"))
     refs, dirs = C.build_checkpoints(workdir / "weights")
@@ -295,7 +296,7 @@ def main() -> None:
     for k in sizes:
         # ---- SuperPoint
         for model in sp.values():
-            model.options = SuperPointConfig(keypoint_threshold=0.0, max_keypoints=k)
+            model.options = DetectionOptions(keypoint_threshold=0.0, max_keypoints=k)
         C.set_reference_detector(sp_ref, k)
         cases = {f"ours {DTYPE_NAMES[dt]}": (lambda m=sp[dt]: m.extract(g0)) for dt in dtypes}
         cases["transformers"] = ref_sp

@@ -45,7 +45,7 @@ class ClassicalExtractor:
         if max_keypoints == 0 or max_keypoints < -1:
             raise ValueError(f"max_keypoints must be positive or -1 (no limit), got {max_keypoints}")
         self.kind = kind
-        self.name = kind
+        self.features = kind  # Extractor protocol: the descriptor family
         self.max_keypoints = int(max_keypoints)
         self.root_sift = bool(root_sift)
         self.border = int(border)
@@ -63,7 +63,9 @@ class ClassicalExtractor:
                                             edgeThreshold=31, fastThreshold=10)
 
     @classmethod
-    def from_config(cls, config: ExtractorConfig) -> "ClassicalExtractor":
+    def from_config(cls, config: ExtractorConfig, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> "ClassicalExtractor":
+        """OpenCV runs on the CPU in its own types: ``device`` and ``dtype`` are accepted and ignored."""
         return cls(config.type, config.max_keypoints, border=config.border_removal, resize_max=config.resize_max)
 
     def __repr__(self) -> str:
@@ -171,7 +173,7 @@ class NearestNeighborMatcher:
     def __init__(self, ratio_test: float = 0.8, mutual: bool = True) -> None:
         if not 0.0 <= ratio_test <= 1.0:
             raise ValueError(f"ratio_test must be in [0, 1], got {ratio_test}")
-        self.name = "nn"
+        self.expected_features = None  # Matcher protocol: any descriptors (float L2 or binary Hamming)
         self.ratio_test = float(ratio_test)
         self.mutual = bool(mutual)
         self.device = torch.device("cpu")
@@ -179,15 +181,15 @@ class NearestNeighborMatcher:
         self.pairs_processed = 0  # pairs matched
 
     @classmethod
-    def from_config(cls, config: MatcherConfig) -> "NearestNeighborMatcher":
+    def from_config(cls, config: MatcherConfig, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32, features: str | None = None) -> "NearestNeighborMatcher":
         return cls(config.ratio_test)
 
-    def set_options(self, ratio_test: float | None = None, **_ignored) -> None:
+    def set_thresholds(self, config: MatcherConfig) -> None:
         """Live parameter update (matcher.ratio_test)."""
-        if ratio_test is not None:
-            if not 0.0 <= ratio_test <= 1.0:
-                raise ValueError(f"ratio_test must be in [0, 1], got {ratio_test}")
-            self.ratio_test = float(ratio_test)
+        if not 0.0 <= config.ratio_test <= 1.0:
+            raise ValueError(f"ratio_test must be in [0, 1], got {config.ratio_test}")
+        self.ratio_test = float(config.ratio_test)
 
     def __repr__(self) -> str:
         return f"NearestNeighborMatcher(ratio_test={self.ratio_test})"

@@ -38,20 +38,30 @@ def _p(name, default, description, choices=None, min=None, max=None, live=False)
     return ParamSpec(name, default, description, tuple(choices) if choices else None, min, max, live)
 
 
+EXTRACTOR_TYPES = ("superpoint", "aliked", "disk", "xfeat", "sift", "orb")
+LEARNED_EXTRACTORS = ("superpoint", "aliked", "disk", "xfeat")
+
 # Defaults suit 30 Hz monocular VO at 640x480.
 PARAMS: tuple[ParamSpec, ...] = (
     _p("device", "auto", "Compute device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."),
     _p("precision", "auto", "Numeric precision: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 (CUDA only), bf16.",
        choices=("auto", "fp32", "fp16", "bf16")),
     # --- extractor
-    _p("extractor.type", "superpoint", "Feature extractor.", choices=("superpoint", "sift", "orb")),
-    _p("extractor.weights", "magic-leap-community/superpoint",
-       "SuperPoint weights: Hugging Face hub repo id or a local directory with config.json + model.safetensors."),
+    _p("extractor.type", "superpoint", "Feature extractor: superpoint, aliked, disk, xfeat (learned) or sift, orb "
+       "(OpenCV).", choices=EXTRACTOR_TYPES),
+    _p("extractor.weights", "", "Extractor weights: a packaged name (aliked-n16, aliked-n16rot, aliked-n32, "
+       "aliked-t16, disk-depth, xfeat), a Hugging Face hub repo id, a local directory (config.json + "
+       "model.safetensors), a .safetensors file or an original .pth/.pt release checkpoint; empty = the default "
+       "for extractor.type (superpoint: magic-leap-community/superpoint, aliked: aliked-n16, disk: disk-depth, "
+       "xfeat: xfeat)."),
     _p("extractor.revision", "", "Hub revision (commit hash, branch or tag) to pin; empty = main."),
     _p("extractor.max_keypoints", 1024, "Keep at most this many keypoints (highest score); -1 = no limit.",
        min=-1, max=100000),
-    _p("extractor.keypoint_threshold", 0.005, "SuperPoint detection score threshold.", min=0.0, max=1.0),
-    _p("extractor.nms_radius", 4, "Non-maximum suppression radius in pixels (of the resized image).", min=0, max=64),
+    _p("extractor.keypoint_threshold", -1.0, "Detection score threshold of learned extractors; -1 = the model's "
+       "own default (superpoint 0.005, aliked 0.2 (ignored in top-k mode, as the original), disk 0.0, xfeat 0.05).",
+       min=-1.0, max=1.0),
+    _p("extractor.nms_radius", -1, "Non-maximum suppression radius in pixels (of the resized image) of learned "
+       "extractors; -1 = the model's own default (superpoint 4, aliked 2, disk 2, xfeat 2).", min=-1, max=64),
     _p("extractor.border_removal", 4, "Drop keypoints closer than this many pixels to any image border.",
        min=0, max=256),
     _p("extractor.resize_max", 0, "Resize so the long side is at most this many pixels (0 = native). "
@@ -59,8 +69,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     # --- matcher
     _p("matcher.type", "lightglue", "Matcher: lightglue, superglue (learned) or nn (mutual nearest neighbour).",
        choices=("lightglue", "superglue", "nn")),
-    _p("matcher.weights", "", "Matcher weights: hub repo id or local directory; empty = the default for "
-       "matcher.type (ETH-CVG/lightglue_superpoint, magic-leap-community/superglue_indoor)."),
+    _p("matcher.weights", "", "Matcher weights (same forms as extractor.weights; packaged: aliked-lightglue, "
+       "disk-lightglue, xfeat-lighterglue); empty = the default for matcher.type and extractor.type (lightglue: "
+       "superpoint ETH-CVG/lightglue_superpoint, aliked aliked-lightglue, disk disk-lightglue, xfeat "
+       "xfeat-lighterglue; superglue: magic-leap-community/superglue_indoor)."),
     _p("matcher.revision", "", "Hub revision to pin; empty = main."),
     _p("matcher.depth_confidence", 0.95, "LightGlue early exit confidence; -1 disables early exit.",
        min=-1.0, max=1.0),
@@ -72,9 +84,10 @@ PARAMS: tuple[ParamSpec, ...] = (
     _p("matcher.ratio_test", 0.8, "nn matcher: Lowe ratio (best/second best distance); 0 disables.",
        min=0.0, max=1.0, live=True),
     # --- keyframes
-    _p("keyframes.buffer_size", 5, "Keyframes kept (features cached on the compute device).", min=1, max=100),
+    _p("keyframes.buffer_size", 5, "Keyframes kept (features cached on the compute device).", min=1, max=100,
+       live=True),
     _p("keyframes.match_against", 1, "Match each frame against the newest N keyframes (one batched call).",
-       min=1, max=100),
+       min=1, max=100, live=True),
     _p("keyframes.min_matches", 80, "New keyframe when matches to the newest keyframe drop below this.",
        min=0, max=100000, live=True),
     _p("keyframes.min_inlier_ratio", 0.5, "New keyframe when the pose inlier ratio drops below this.",
@@ -124,10 +137,27 @@ PARAMS: tuple[ParamSpec, ...] = (
 
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
 
-DEFAULT_MATCHER_WEIGHTS = {
-    "lightglue": "ETH-CVG/lightglue_superpoint",
-    "superglue": "magic-leap-community/superglue_indoor",
+#: Weights used when extractor.weights is empty, per extractor.type.
+DEFAULT_EXTRACTOR_WEIGHTS = {
+    "superpoint": "magic-leap-community/superpoint",
+    "aliked": "aliked-n16",
+    "disk": "disk-depth",
+    "xfeat": "xfeat",
 }
+
+#: Weights used when matcher.weights is empty, per (matcher.type, extractor.type).
+DEFAULT_MATCHER_WEIGHTS = {
+    ("lightglue", "superpoint"): "ETH-CVG/lightglue_superpoint",
+    ("lightglue", "aliked"): "aliked-lightglue",
+    ("lightglue", "disk"): "disk-lightglue",
+    ("lightglue", "xfeat"): "xfeat-lighterglue",
+    ("superglue", "superpoint"): "magic-leap-community/superglue_indoor",
+}
+
+
+def default(name: str) -> Any:
+    """The default of parameter ``name`` (the typed sections below take their defaults from here)."""
+    return SPECS[name].default
 
 
 def coerce(spec: ParamSpec, value: Any) -> Any:
@@ -261,60 +291,69 @@ def _suggest(name: str) -> str:
 # --------------------------------------------------------------------------- typed views
 
 
+# Field defaults come from PARAMS (one truth); test_config checks every field has a spec and back.
+
+
 @dataclass(frozen=True)
 class ExtractorConfig:
-    type: str = "superpoint"
-    weights: str = "magic-leap-community/superpoint"
-    revision: str = ""
-    max_keypoints: int = 1024
-    keypoint_threshold: float = 0.005
-    nms_radius: int = 4
-    border_removal: int = 4
-    resize_max: int = 0
+    type: str = default("extractor.type")
+    weights: str = default("extractor.weights")
+    revision: str = default("extractor.revision")
+    max_keypoints: int = default("extractor.max_keypoints")
+    keypoint_threshold: float = default("extractor.keypoint_threshold")
+    nms_radius: int = default("extractor.nms_radius")
+    border_removal: int = default("extractor.border_removal")
+    resize_max: int = default("extractor.resize_max")
+
+    @property
+    def resolved_weights(self) -> str:
+        """The weights to load: ``weights`` or the default for ``type`` ("" for sift/orb)."""
+        return self.weights or DEFAULT_EXTRACTOR_WEIGHTS.get(self.type, "")
 
 
 @dataclass(frozen=True)
 class MatcherConfig:
-    type: str = "lightglue"
-    weights: str = ""
-    revision: str = ""
-    depth_confidence: float = 0.95
-    width_confidence: float = 0.99
-    filter_threshold: float = 0.1
-    sinkhorn_iterations: int = 100
-    match_threshold: float = 0.2
-    ratio_test: float = 0.8
+    type: str = default("matcher.type")
+    weights: str = default("matcher.weights")
+    revision: str = default("matcher.revision")
+    depth_confidence: float = default("matcher.depth_confidence")
+    width_confidence: float = default("matcher.width_confidence")
+    filter_threshold: float = default("matcher.filter_threshold")
+    sinkhorn_iterations: int = default("matcher.sinkhorn_iterations")
+    match_threshold: float = default("matcher.match_threshold")
+    ratio_test: float = default("matcher.ratio_test")
 
-    @property
-    def resolved_weights(self) -> str:
-        return self.weights or DEFAULT_MATCHER_WEIGHTS.get(self.type, "")
+    def resolved_weights(self, features: str) -> str:
+        """The weights to load for an extractor of family ``features``: ``weights`` or the default
+        for (type, features); "" when there is none (nn, or no trained matcher for that family)."""
+        return self.weights or DEFAULT_MATCHER_WEIGHTS.get((self.type, features), "")
 
 
 @dataclass(frozen=True)
 class KeyframeConfig:
-    buffer_size: int = 5
-    match_against: int = 1
-    min_matches: int = 80
-    min_inlier_ratio: float = 0.5
-    parallax_px: float = 40.0
-    max_interval_s: float = 1.0
-    reset_gap_s: float = 2.0
+    buffer_size: int = default("keyframes.buffer_size")
+    match_against: int = default("keyframes.match_against")
+    min_matches: int = default("keyframes.min_matches")
+    min_inlier_ratio: float = default("keyframes.min_inlier_ratio")
+    parallax_px: float = default("keyframes.parallax_px")
+    max_interval_s: float = default("keyframes.max_interval_s")
+    reset_gap_s: float = default("keyframes.reset_gap_s")
 
 
 @dataclass(frozen=True)
 class PoseConfig:
-    method: str = "magsac"
-    threshold_px: float = 1.0
-    confidence: float = 0.999
-    min_inliers: int = 15
-    rotation_only_ratio: float = 0.9
-    min_parallax_px: float = 2.0
+    method: str = default("pose.method")
+    threshold_px: float = default("pose.threshold_px")
+    confidence: float = default("pose.confidence")
+    min_inliers: int = default("pose.min_inliers")
+    rotation_only_ratio: float = default("pose.rotation_only_ratio")
+    min_parallax_px: float = default("pose.min_parallax_px")
 
 
 @dataclass(frozen=True)
 class FrontEndConfig:
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = default("device")
+    precision: str = default("precision")
     extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     matcher: MatcherConfig = field(default_factory=MatcherConfig)
     keyframes: KeyframeConfig = field(default_factory=KeyframeConfig)

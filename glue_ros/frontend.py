@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import backends
-from .config import FrontEndConfig, ParameterError
+from .config import SPECS, FrontEndConfig, ParameterError
 from .device import resolve_device, resolve_dtype
 from .features import Features, PairMatches
 from .geometry import CameraModel, estimate_relative_pose
@@ -26,10 +26,6 @@ from .results import FrameResult, KeyframeDecision, KeyframeMatches, RelativePos
 from .tracks import TrackTable
 
 log = logging.getLogger("glue_ros.frontend")
-
-# Parameters that need new models (or a new device) cannot change on a running pipeline.
-RESTART_PREFIXES = ("device", "precision", "extractor.", "matcher.type", "matcher.weights", "matcher.revision",
-                    "matcher.depth_confidence", "matcher.width_confidence", "matcher.sinkhorn_iterations")
 
 
 @dataclass
@@ -56,11 +52,10 @@ class FrontEnd:
     def __init__(self, config: FrontEndConfig | None = None, *, extractor=None, matcher=None,
                  on_reset: Callable[[str], None] | None = None):
         self.config = config or FrontEndConfig()
-        backends.check_compatible(self.config.extractor, self.config.matcher)
         self.device = resolve_device(self.config.device)
         self.dtype = resolve_dtype(self.config.precision, self.device)
-        self.extractor = extractor or backends.build_extractor(self.config.extractor, self.device, self.dtype)
-        self.matcher = matcher or backends.build_matcher(self.config.matcher, self.device, self.dtype)
+        self.extractor, self.matcher = backends.build(self.config, self.device, self.dtype, extractor=extractor,
+                                                      matcher=matcher)
         self.buffer = KeyframeBuffer(self.config.keyframes.buffer_size)
         self.tracks = TrackTable()
         self.stats = PipelineStats()
@@ -71,15 +66,16 @@ class FrontEnd:
     # ------------------------------------------------------------------ configuration
 
     def update_config(self, new: FrontEndConfig) -> None:
-        """Apply live-changeable parameters; raise ParameterError naming one that needs a restart."""
+        """Apply live-changeable parameters (``ParamSpec.live``); raise ParameterError naming one that
+        needs a restart (new models or device)."""
         old_flat, new_flat = self.config.to_flat(), new.to_flat()
         for name, value in new_flat.items():
-            if old_flat[name] != value and name.startswith(RESTART_PREFIXES):
+            if old_flat[name] != value and not SPECS[name].live:
                 raise ParameterError(f"parameter '{name}' cannot change while running (it needs the models to be "
                                      "reloaded): restart the node with the new value")
         self.config = new
         self.buffer.resize(new.keyframes.buffer_size)
-        backends.apply_live_thresholds(self.matcher, new.matcher)
+        self.matcher.set_thresholds(new.matcher)
 
     # ------------------------------------------------------------------ processing
 

@@ -69,8 +69,6 @@ class DetectionOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.max_keypoints == 0:
-            raise ValueError("max_keypoints must be positive or -1 (no limit), got 0")
 
     @classmethod
     def from_config(cls, config: "ExtractorConfig") -> "DetectionOptions":

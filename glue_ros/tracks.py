@@ -1,7 +1,8 @@
 """Persistent feature track ids and image velocities.
 
 A frame keypoint inherits the track id of the keyframe keypoint it is matched to (newest keyframe
-first, so the freshest reference wins); unmatched keypoints get new ids. Ids are unique for the
+first, so the freshest reference wins, also when two keypoints claim the same track); unmatched
+keypoints get new ids. Ids are unique for the
 life of the pipeline (a reset does not reuse them). Velocities are pixel/s between a track's
 previous observation and the current one, as VINS-style front-ends publish.
 """
@@ -41,15 +42,12 @@ class TrackTable:
         ``inherited``: per keyframe, newest first, (frame keypoint indices, keyframe track ids).
         """
         ids = np.full(num_keypoints, -1, dtype=np.int64)
-        for frame_indices, track_ids in inherited:
-            free = ids[frame_indices] < 0
-            ids[frame_indices[free]] = track_ids[free]
-        # Two frame keypoints can inherit the same track through different keyframes; keep the first.
-        assigned = np.flatnonzero(ids >= 0)
-        _, first = np.unique(ids[assigned], return_index=True)
-        duplicate = np.ones(len(assigned), bool)
-        duplicate[first] = False
-        ids[assigned[duplicate]] = -1
+        for frame_indices, track_ids in inherited:  # newest keyframe first: the freshest reference wins
+            # a keypoint keeps its first track; a track goes to one keypoint only (ids stay unique)
+            take = (ids[frame_indices] < 0) & ~np.isin(track_ids, ids)
+            frame_indices, track_ids = frame_indices[take], track_ids[take]
+            _, first = np.unique(track_ids, return_index=True)
+            ids[frame_indices[first]] = track_ids[first]
         missing = ids < 0
         ids[missing] = self.new_ids(int(missing.sum()))
         return ids

@@ -52,7 +52,7 @@ def test_extract_contract(sequences, kind, dim, dtype):
     assert kp.min() >= 0 and kp[:, 0].max() <= 639 and kp[:, 1].max() <= 479
     if kind == "sift":  # RootSIFT: unit L2 norm
         np.testing.assert_allclose(f.descriptors.norm(dim=1).numpy(), 1.0, atol=1e-5)
-    assert extractor.name == kind
+    assert extractor.features == kind
 
 
 def test_extract_inputs_and_counters(sequences):
@@ -162,7 +162,7 @@ def test_matcher_edge_cases(features):
         matcher.match([f, f], [f])
     with pytest.raises(ValueError):
         matcher.match([f], [features["forward", "orb"][0]])
-    assert matcher.calls == 3 and matcher.pairs_processed == 5 and matcher.name == "nn"
+    assert matcher.calls == 3 and matcher.pairs_processed == 5 and matcher.expected_features is None
     assert NearestNeighborMatcher.from_config(MatcherConfig(ratio_test=0.0)).ratio_test == 0.0
     loose = NearestNeighborMatcher(0.0).match([f], [features["forward", "sift"][1]])[0]
     strict = NearestNeighborMatcher(0.8).match([f], [features["forward", "sift"][1]])[0]

@@ -72,7 +72,8 @@ def test_bad_params_file(tmp_path):
 def test_typed_view_round_trip():
     config = FrontEndConfig.from_flat({"keyframes.buffer_size": 3, "matcher.type": "superglue"})
     assert config.keyframes.buffer_size == 3
-    assert config.matcher.resolved_weights == "magic-leap-community/superglue_indoor"
+    assert config.matcher.resolved_weights("superpoint") == "magic-leap-community/superglue_indoor"
+    assert config.extractor.resolved_weights == "magic-leap-community/superpoint"
     changed = config.replace(**{"pose.threshold_px": 2.0})
     assert changed.pose.threshold_px == 2.0 and config.pose.threshold_px == 1.0
     assert FrontEndConfig.from_flat(config.to_flat()) == config

@@ -102,6 +102,9 @@ class CountingExtractor:
         self.seen.extend(id(im) for im in images)
         return self.inner.extract(images)
 
+    def __getattr__(self, name):  # the rest of the Extractor protocol: the wrapped extractor's
+        return getattr(self.inner, name)
+
 
 class CountingMatcher:
     def __init__(self, inner):
@@ -110,6 +113,9 @@ class CountingMatcher:
     def match(self, feats0, feats1):
         self.batch_sizes.append(len(feats0))
         return self.inner.match(feats0, feats1)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 def test_each_frame_extracted_once_and_keyframes_never_again():
@@ -259,8 +265,8 @@ def test_bad_input_never_raises():
     few[100:110, 100:110] = 255
     frontend.process(frame(few))
     r = frontend.process(frame(few))
-    if r.matches:
-        assert not r.pose.valid and r.pose.reason in ("too_few_matches", "too_few_inliers")
+    assert len(r.matches) == 1, "matched against the previous (keyframe) patch frame"
+    assert not r.pose.valid and r.pose.reason in ("too_few_matches", "too_few_inliers")
 
 
 # ----------------------------------------------------------------------------- learned path
@@ -318,3 +324,39 @@ def test_gap_reset_measures_arrivals_not_processing():
     assert r.reset_reason == "" and len(r.matches) == 1
     r = frontend.process(Frame(seq.images[0], late + 3_000_000_000, "cam", seq.camera))  # a real pause
     assert r.reset_reason == "stamp_gap"
+
+
+# ----------------------------------------------------------------------------- classical parameters
+
+
+@pytest.mark.parametrize("kind", ["orb", "sift"])
+def test_classical_extractor_honours_border_and_resize_through_every_path(kind, tmp_path):
+    """extractor.border_removal / resize_max reach SIFT/ORB through the one backend path that the node,
+    replay and CLIs use (they were once ignored there: ORB with border 100 gave keypoints at x=32)."""
+    import cv2
+
+    from glue_ros.tools.match import main as match_main
+
+    image = render_sequence(1, width=320, height=240, motion="forward", seed=3).images[0]
+    border = 60
+    frontend = classical(kind, **{"extractor.border_removal": border})
+    keypoints = frontend.process(Frame(image, 1, "cam")).keypoints
+    assert len(keypoints) > 20
+    assert keypoints.min() >= border and (keypoints <= [320 - 1 - border, 240 - 1 - border]).all()
+
+    native = classical(kind, **{"extractor.border_removal": 0}).process(Frame(image, 1, "cam")).keypoints
+    small = classical(kind, **{"extractor.border_removal": 0, "extractor.resize_max": 160})
+    shrunk = small.process(Frame(image, 1, "cam")).keypoints
+    assert 0 < len(shrunk) < len(native), "detected on the half-size image: fewer keypoints"
+    assert shrunk[:, 0].max() > 200, "mapped back to the input image's pixels"
+
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(tmp_path / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "m.json"
+    assert match_main([str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--set", f"extractor.type={kind}",
+                       "--set", "matcher.type=nn", "--set", f"extractor.border_removal={border}",
+                       "--json", str(out)]) == 0
+    import json
+
+    cli = np.asarray(json.loads(out.read_text())["keypoints0"])
+    assert len(cli) > 20 and cli.min() >= border and (cli <= [320 - 1 - border, 240 - 1 - border]).all()

@@ -3,8 +3,10 @@ equivalence with the original magicleap head layout, batching, edge cases, preci
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,13 +90,68 @@ def assert_log_assignment_close(ours: torch.Tensor, ref: torch.Tensor, rel: floa
     assert (ours - ref).abs().max().item() <= rel * scale, ((ours - ref).abs().max().item(), scale)
 
 
+# Comparing match sets of two computations of the same log assignment (other implementation, other
+# batch shapes, other machine): float32 rounding moves every entry a little (up to ~1e-3 here, next
+# to dustbin entries of ~1e3), which can flip a decision that sits on a near-tie. A row's match is
+# decided by: its best column, that column's best row (mutual check) and exp(best) > match_threshold.
+# When every entry moves by at most d, a decision whose margin exceeds 2 d cannot change; rows with a
+# smaller margin are "fragile", excluded from the comparison, and must be few.
+MAX_FRAGILE_SHARE = 0.1  # of the matches; observed 0-4 of 30-90 matches on x86-64 CPUs
+
+
+def fragile_rows(la: torch.Tensor, threshold: float, tol: float) -> torch.Tensor:
+    """(N,) bool: rows of a pair's (N+1, M+1) log assignment (dustbins last) whose mutual-match
+    decision could change if each entry moved by at most tol / 2."""
+    sim = la[:-1, :-1]
+    n, m = sim.shape
+    inf = torch.full((max(n, m),), math.inf)
+    top_r = sim.topk(min(2, m), dim=1)
+    margin_r = top_r.values[:, 0] - top_r.values[:, 1] if m > 1 else inf[:n]
+    top_c = sim.topk(min(2, n), dim=0)
+    margin_c = top_c.values[0] - top_c.values[1] if n > 1 else inf[:m]
+    best = top_r.indices[:, 0]
+    # exp(x) > 0 fails below float32's smallest subnormal: the boundary of match_threshold = 0
+    log_threshold = math.log(max(threshold, 1.4e-45))
+    return (margin_r <= tol) | (margin_c[best] <= tol) | ((top_r.values[:, 0] - log_threshold).abs() <= tol)
+
+
+def assert_same_matches(got: torch.Tensor, expected: torch.Tensor, expected_la: torch.Tensor, threshold: float,
+                        tol: float) -> torch.Tensor:
+    """``got`` and ``expected`` (N,) matches0 (-1 = none) of one pair agree except on fragile rows
+    (see fragile_rows), which are few. Returns the rows compared (agreeing, not fragile)."""
+    fragile = fragile_rows(expected_la, threshold, tol)
+    differ = got != expected
+    assert not (differ & ~fragile).any(), f"rows {(differ & ~fragile).nonzero()[:, 0].tolist()} differ"
+    involved = fragile & ((got >= 0) | (expected >= 0))
+    assert involved.sum() <= max(2, MAX_FRAGILE_SHARE * (expected >= 0).sum()), \
+        f"{int(involved.sum())} matched rows within {tol:.2g} of a tie/threshold: the comparison is too weak"
+    return ~fragile
+
+
+def assert_same_pair_matches(got: tuple[torch.Tensor, ...], expected: tuple[torch.Tensor, ...],
+                             threshold: float) -> torch.Tensor:
+    """One pair, each side as (matches0, matches1, log assignment (N+1, M+1)): matches0 and matches1
+    agree up to fragile rows / columns, the tolerance being twice the observed largest difference of
+    the log assignments. Returns the rows of image0 and the columns of image1 compared."""
+    (got0, got1, la_got), (exp0, exp1, la_exp) = got, expected
+    n0, n1 = la_exp.shape[0] - 1, la_exp.shape[1] - 1
+    tol = 2 * (la_got[:-1, :-1] - la_exp[:-1, :-1]).abs().max().item()
+    rows = assert_same_matches(got0[:n0], exp0[:n0], la_exp, threshold, tol)
+    cols = assert_same_matches(got1[:n1], exp1[:n1], la_exp.T, threshold, tol)
+    return rows, cols
+
+
+def pair_output(out: sg.SuperGlueOutput, b: int = 0) -> tuple[torch.Tensor, ...]:
+    return out.matches0[b], out.matches1[b], out.pair_log_assignment(b)
+
+
 # --------------------------------------------------------------------------- loading
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_state_dict_is_transformers_minus_keypoint_detector(kind, reference_models, checkpoint_dirs):
-    expected = {k: v for k, v in reference_models[kind].state_dict().items()
-                if not k.startswith("keypoint_detector.")}
+    expected = {k.replace(".attention.self.", ".attention.projections."): v  # renamed at load time
+                for k, v in reference_models[kind].state_dict().items() if not k.startswith("keypoint_detector.")}
     ours = load(checkpoint_dirs, kind).state_dict()
     assert list(ours) == list(expected)
     assert all(torch.equal(ours[k], expected[k]) for k in expected)
@@ -118,7 +175,7 @@ def test_weight_errors_name_the_tensor(checkpoint_dirs, tmp_path):
     tensors = load_file(str(broken / "model.safetensors"))
     del tensors["gnn.layers.5.attention.self.key.bias"]
     save_file(tensors, str(broken / "model.safetensors"))
-    with pytest.raises(WeightsError, match=r"missing tensors: gnn\.layers\.5\.attention\.self\.key\.bias"):
+    with pytest.raises(WeightsError, match=r"missing tensors: gnn\.layers\.5\.attention\.projections\.key\.bias"):
         SuperGlue.from_pretrained(str(broken))
     with pytest.raises(WeightsError, match="not superglue"):
         SuperGlue.from_pretrained(str(checkpoint_dirs["lightglue"]))
@@ -132,7 +189,7 @@ def test_runtime_options_are_validated(checkpoint_dirs):
     with pytest.raises(TypeError):
         load(checkpoint_dirs, filter_threshold=0.1)
     model = load(checkpoint_dirs)
-    model.set_options(match_threshold=0.4)
+    model.with_options(match_threshold=0.4)
     assert model.config == SuperGlueConfig(100, 0.4)
 
 
@@ -147,17 +204,19 @@ def test_parity_with_transformers(kind, iterations, pair, reference_models, chec
         matches, scores, _, _ = run_reference(ref, *pair)
     out = run_ours(load(checkpoint_dirs, kind, sinkhorn_iterations=iterations), *pair)
     assert_log_assignment_close(out.log_assignment, captured["log_assignment"])  # incl. dustbins
-    assert torch.equal(out.matches0, matches[:, 0]) and torch.equal(out.matches1, matches[:, 1])
-    assert (out.matches0 >= 0).sum() >= 20  # not a vacuous comparison
+    # Same matches, up to the few near-ties that float32 rounding may flip (see fragile_rows).
+    rows, cols = assert_same_pair_matches(pair_output(out),
+                                          (matches[0, 0], matches[0, 1], captured["log_assignment"][0]), 0.0)
+    assert (out.matches0[0, rows] >= 0).sum() >= 20  # not a vacuous comparison
     # These random weights give dustbin log-assignment entries of ~1e3, so float32 rounding alone
     # moves a log-score by ~1e-4: compare scores relatively (see test_batch_equals_each_pair_alone).
-    torch.testing.assert_close(out.scores0, scores[:, 0], rtol=SCORE_RTOL, atol=1e-6)
-    torch.testing.assert_close(out.scores1, scores[:, 1], rtol=SCORE_RTOL, atol=1e-6)
+    torch.testing.assert_close(out.scores0[0, rows], scores[0, 0, rows], rtol=SCORE_RTOL, atol=1e-6)
+    torch.testing.assert_close(out.scores1[0, cols], scores[0, 1, cols], rtol=SCORE_RTOL, atol=1e-6)
 
 
 def _interleaved_head_forward(self, x, source, key_mask):
     """Our attention with the ORIGINAL's head split (channel = d * heads + h) on converted weights."""
-    proj = getattr(self, "self")
+    proj = self.projections
     q, k, v = (proj[n](t).unflatten(-1, (-1, self.heads)).transpose(-1, -2).transpose(1, 2)
                for n, t in (("query", x), ("key", source), ("value", source)))
     message = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)
@@ -183,7 +242,7 @@ def test_head_layout_equals_original_formulation(checkpoint_dirs):
     attention, heads = model.gnn.layers[3].attention, model.arch.num_attention_heads
     channels = model.arch.hidden_size
     head_dim = channels // heads
-    linears = getattr(attention, "self")
+    linears = attention.projections
 
     def to_original_rows(t):  # inverse of the converter's permutation: row h*head_dim+d -> d*heads+h
         return t.reshape(heads, head_dim, *t.shape[1:]).transpose(0, 1).reshape(t.shape)
@@ -218,19 +277,24 @@ def test_below_threshold_mutual_matches_keep_their_score(pair, reference_models,
     model = load(checkpoint_dirs)
     mutual = run_ours(model, *pair)
     ordered = mutual.scores0[mutual.matches0 >= 0].sort().values
-    threshold = ordered[len(ordered) // 2 - 1: len(ordered) // 2 + 1].mean().item()  # between two scores
-    model.set_options(match_threshold=threshold)
-    with reference_settings(ref, threshold=threshold):
+    # In the widest gap between two adjacent scores of the middle half, so no score sits next to it.
+    middle = ordered[len(ordered) // 4: 3 * len(ordered) // 4 + 1]
+    gap = int((middle[1:] - middle[:-1]).argmax())
+    threshold = middle[gap: gap + 2].mean().item()
+    model.with_options(match_threshold=threshold)
+    with reference_settings(ref, threshold=threshold) as captured:
         matches, scores, _, _ = run_reference(ref, *pair)
     out = run_ours(model, *pair)
-    assert torch.equal(out.matches0, matches[:, 0]) and torch.equal(out.matches1, matches[:, 1])
+    rows, _ = assert_same_pair_matches(pair_output(out), (matches[0, 0], matches[0, 1], captured["log_assignment"][0]),
+                                       threshold)
+    rows = rows[None]  # (1, N) like the outputs
     below = (mutual.matches0 >= 0) & (out.matches0 < 0)  # mutual, but at or below the threshold
     assert below.sum() >= 10
-    assert torch.all(scores[:, 0][below] == 0)  # transformers
+    assert torch.all(scores[:, 0][below & rows] == 0)  # transformers
     assert torch.all(out.scores0[below] > 0) and torch.all(out.scores0[below] <= threshold)  # original
     torch.testing.assert_close(out.scores0[below], mutual.scores0[below])
     kept = out.matches0 >= 0
-    torch.testing.assert_close(out.scores0[kept], scores[:, 0][kept], rtol=SCORE_RTOL, atol=1e-6)
+    torch.testing.assert_close(out.scores0[kept & rows], scores[:, 0][kept & rows], rtol=SCORE_RTOL, atol=1e-6)
 
     result = model.match([pair[0]], [pair[1]])[0]
     assert len(result) == int(kept.sum()) and (result.scores > threshold).all()
@@ -298,16 +362,22 @@ def test_batch_equals_each_pair_alone(projection_scale, checkpoint_dirs):
     with torch.inference_mode():
         batched = model(*model.pad([p[0] for p in pairs], [p[1] for p in pairs]))
     for b, (f0, f1) in enumerate(pairs):
-        alone = run_ours(model, f0, f1)  # the pair on its own: L = max(N, M)
-        idx0 = (alone.matches0[0] >= 0).nonzero()[:, 0]
-        expected_matches, expected_scores = torch.stack([idx0, alone.matches0[0, idx0]], 1), alone.scores0[0, idx0]
-        assert len(idx0) >= 10
-        assert batch[b].matches.shape == expected_matches.shape
-        assert (batch[b].matches == expected_matches.numpy()).all()
+        # match() is the batched forward, exactly (same computation)
+        idx0 = (batched.matches0[b] >= 0).nonzero()[:, 0]
+        assert np.array_equal(batch[b].matches, torch.stack([idx0, batched.matches0[b, idx0]], 1).numpy())
+        assert np.array_equal(batch[b].scores, batched.scores0[b, idx0].numpy())
+        # ...and equals the pair on its own (L = max(N, M)) up to float32 rounding: the same matches
+        # except near-ties that rounding may flip (few; see fragile_rows), scores within tolerance.
+        alone = run_ours(model, f0, f1)
         assert_log_assignment_close(batched.pair_log_assignment(b), alone.pair_log_assignment(0), rel=1e-6)
-        difference = abs(batch[b].scores - expected_scores.numpy())
+        rows, _ = assert_same_pair_matches(pair_output(batched, b), pair_output(alone), 0.0)
+        n0 = len(rows)
+        compared = rows & (alone.matches0[0, :n0] >= 0)
+        assert compared.sum() >= 10
+        got, expected = batched.scores0[b, :n0][compared], alone.scores0[0, :n0][compared]
+        difference = (got - expected).abs()
         if projection_scale == 1.0:
-            assert (difference <= SCORE_RTOL * expected_scores.numpy()).all()
+            assert (difference <= SCORE_RTOL * expected).all()
         else:
             assert difference.max() <= 1e-5
 
@@ -323,7 +393,7 @@ def test_degenerate_pairs_give_empty_matches(checkpoint_dirs):
     assert [len(r) for r in results[:6]] == [0] * 6
     assert all(r.matches.shape == (0, 2) and r.scores.shape == (0,) for r in results[:6])
     alone = model.match([good[0]], [good[1]])[0]
-    assert (results[6].matches == alone.matches).all() and len(alone) > 0
+    assert np.array_equal(results[6].matches, alone.matches) and len(alone) > 0  # the same single-pair batch
     assert model.match([], []) == []
     two = Features(torch.tensor([[1.0, 2.0], [300.0, 200.0]]), torch.tensor([0.5, 0.9]),
                    F.normalize(torch.randn(2, 256), dim=1), SIZE)

@@ -17,7 +17,8 @@ from safetensors.torch import load_file, save_file
 from glue_ros.config import ExtractorConfig
 from glue_ros.device import cpu_has_bf16
 from glue_ros.features import Features
-from glue_ros.models.superpoint import SuperPoint, SuperPointConfig
+from glue_ros.interfaces import DetectionOptions
+from glue_ros.models.superpoint import DEFAULT_NMS_RADIUS, DEFAULT_THRESHOLD, SuperPoint
 from glue_ros.models.weights import WeightsError
 
 HUB_ID = "magic-leap-community/superpoint"
@@ -90,9 +91,9 @@ def reference_run(model, gray: np.ndarray, max_keypoints: int = -1, fix_border: 
 def reference(reference_models):
     model = reference_models["superpoint"]
     config = model.config  # our defaults must be the reference's, or parity would compare apples to pears
-    defaults = SuperPointConfig()
+    defaults = DetectionOptions()
     assert (config.keypoint_threshold, config.nms_radius, config.border_removal_distance) == (
-        defaults.keypoint_threshold, defaults.nms_radius, defaults.border_removal)
+        DEFAULT_THRESHOLD, DEFAULT_NMS_RADIUS, defaults.border_removal)
     return model
 
 
@@ -117,7 +118,7 @@ class Runs:
     def ours(self, name: str, k: int = -1) -> Features:
         if (name, k) not in self._ours:
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(self.model, "options", SuperPointConfig(max_keypoints=k))
+                mp.setattr(self.model, "options", DetectionOptions(max_keypoints=k))
                 self._ours[name, k] = self.model.extract(IMAGES[name])[0]  # uint8 in, reference gets /255
         return self._ours[name, k]
 
@@ -153,13 +154,13 @@ def test_state_dict_matches_reference_exactly(reference, ours):
 
 def test_loads_from_hub_id_offline_and_from_directory(offline_hub, ours, checkpoint_dirs):
     from_hub = SuperPoint.from_pretrained(HUB_ID, max_keypoints=100, nms_radius=3)
-    assert from_hub.options == SuperPointConfig(max_keypoints=100, nms_radius=3)
+    assert from_hub.options == DetectionOptions(max_keypoints=100, nms_radius=3)
     for name, tensor in ours.state_dict().items():
         assert torch.equal(from_hub.state_dict()[name], tensor), name
     config = ExtractorConfig(weights=str(checkpoint_dirs["superpoint"]), max_keypoints=7, border_removal=8,
                              resize_max=320)
     from_config = SuperPoint.from_config(config, "cpu", torch.float32)
-    assert from_config.options == SuperPointConfig(0.005, 7, 4, 8, 320)
+    assert from_config.options == DetectionOptions(max_keypoints=7, border_removal=8, resize_max=320)
     assert from_config.device == torch.device("cpu")
     with pytest.raises(WeightsError, match="hf download"):
         SuperPoint.from_pretrained(HUB_ID, revision="v999")
@@ -325,11 +326,11 @@ def test_resize_with_non_integer_scale_and_no_upscaling(ours, monkeypatch):
 
 def test_no_keypoints_gives_empty_features(ours, monkeypatch):
     constant = np.full((64, 96), 128, np.uint8)
-    monkeypatch.setattr(ours, "options", SuperPointConfig(keypoint_threshold=1.0))  # nothing passes
+    monkeypatch.setattr(ours, "options", DetectionOptions(keypoint_threshold=1.0))  # nothing passes
     assert_empty(ours.extract(constant)[0], (96, 64))
-    monkeypatch.setattr(ours, "options", SuperPointConfig(max_keypoints=0))
+    monkeypatch.setattr(ours, "options", DetectionOptions(max_keypoints=0))
     assert_empty(ours.extract(IMAGES["odd"])[0], (203, 157))
-    monkeypatch.setattr(ours, "options", SuperPointConfig(border_removal=100))  # border eats the image
+    monkeypatch.setattr(ours, "options", DetectionOptions(border_removal=100))  # border eats the image
     assert_empty(ours.extract(constant)[0], (96, 64))
 
 
@@ -356,10 +357,10 @@ def test_tiny_images(reference, ours):
 
 
 def test_options_are_validated():
-    for bad in (dict(max_keypoints=-2), dict(nms_radius=-1), dict(border_removal=-1), dict(resize_max=-5),
+    for bad in (dict(max_keypoints=-2), dict(nms_radius=-2), dict(border_removal=-1), dict(resize_max=-5),
                 dict(keypoint_threshold=float("nan")), dict(max_keypoints=1.5)):
         with pytest.raises(ValueError):
-            SuperPointConfig(**bad)
+            DetectionOptions(**bad)
     with pytest.raises(ValueError):
         SuperPoint(dtype=torch.float64)
 

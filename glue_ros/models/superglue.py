@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import MatcherConfig
+from ..config import MatcherConfig, default
 from ..device import resolve_device
 from ..features import Features, PairMatches
 from .assignment import mutual_matches
@@ -78,11 +78,11 @@ class SuperGlueArchitecture:
 
 @dataclass(frozen=True)
 class SuperGlueConfig:
-    """Runtime options (may change between calls, see :meth:`SuperGlue.set_options`).
-    Defaults are the original's; config.json's sinkhorn_iterations / matching_threshold are ignored."""
+    """Runtime options (may change between calls, see :meth:`SuperGlue.with_options`). Defaults are
+    the parameters' (= the original's); config.json's sinkhorn_iterations / matching_threshold are ignored."""
 
-    sinkhorn_iterations: int = 100
-    match_threshold: float = 0.2  # a mutual match is kept when its score is > this
+    sinkhorn_iterations: int = default("matcher.sinkhorn_iterations")
+    match_threshold: float = default("matcher.match_threshold")  # a mutual match is kept when its score is > this
 
     def __post_init__(self):
         if int(self.sinkhorn_iterations) != self.sinkhorn_iterations or self.sinkhorn_iterations < 1:
@@ -152,12 +152,11 @@ class _MultiHeadAttention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads = heads
-        # attribute named "self" so that keys read attention.self.query like the checkpoint's
-        setattr(self, "self", nn.ModuleDict({name: nn.Linear(dim, dim) for name in ("query", "key", "value")}))
+        self.projections = nn.ModuleDict({name: nn.Linear(dim, dim) for name in ("query", "key", "value")})
         self.output = nn.ModuleDict({"dense": nn.Linear(dim, dim)})
 
     def forward(self, x: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        proj = getattr(self, "self")
+        proj = self.projections
         # Contiguous head blocks: (n, L, C) -> (n, heads, L, C/heads); see the module docstring.
         q, k, v = (proj[name](t).unflatten(-1, (self.heads, -1)).transpose(1, 2)
                    for name, t in (("query", x), ("key", source), ("value", source)))
@@ -202,6 +201,12 @@ class _FinalProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_proj(x)
+
+
+def _our_key(name: str) -> str:
+    """Checkpoint (transformers) key → ours: its ``attention.self.*`` projections are our
+    ``attention.projections.*`` (an attribute named ``self`` would shadow Python's)."""
+    return name.replace(".attention.self.", ".attention.projections.")
 
 
 # --------------------------------------------------------------------------- optimal transport
@@ -265,21 +270,33 @@ class SuperGlue(nn.Module):
         config = SuperGlueConfig(**runtime_options)
         checkpoint = load_checkpoint(weights, revision, drop_prefixes=DROP_PREFIXES)
         model = cls(SuperGlueArchitecture.from_json(checkpoint.config, weights), config, dtype)
+        checkpoint.state_dict = {_our_key(k): v for k, v in checkpoint.state_dict.items()}
         load_into(model, checkpoint)
         return model.to(resolve_device(device) if isinstance(device, str) else device)
 
     @classmethod
     def from_config(cls, config: MatcherConfig, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "SuperGlue":
-        # resolved_weights falls back to the default repo of the matcher type: ask for SuperGlue's
-        weights = dataclasses.replace(config, type="superglue").resolved_weights
+                    dtype: torch.dtype = torch.float32, features: str = "superpoint") -> "SuperGlue":
+        weights = dataclasses.replace(config, type="superglue").resolved_weights(features)
         return cls.from_pretrained(weights, config.revision, device=device, dtype=dtype,
                                    sinkhorn_iterations=config.sinkhorn_iterations,
                                    match_threshold=config.match_threshold)
 
-    def set_options(self, **runtime_options: Any) -> None:
-        """Change runtime options (validated), e.g. ``set_options(match_threshold=0.3)``."""
+    # Matcher protocol: SuperGlue is trained on SuperPoint descriptors of this size.
+    expected_features = "superpoint"
+
+    @property
+    def input_dim(self) -> int:
+        return self.arch.hidden_size
+
+    def set_thresholds(self, config: MatcherConfig) -> None:
+        """Live update of matcher.match_threshold (read at every call)."""
+        self.with_options(match_threshold=config.match_threshold)
+
+    def with_options(self, **runtime_options: Any) -> "SuperGlue":
+        """Change runtime options (validated), e.g. ``with_options(match_threshold=0.3)``."""
         self.config = dataclasses.replace(self.config, **runtime_options)
+        return self
 
     @property
     def device(self) -> torch.device:

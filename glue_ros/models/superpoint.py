@@ -23,9 +23,7 @@ band is measured from that region's edges.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections import defaultdict
-from dataclasses import dataclass
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -34,31 +32,31 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ExtractorConfig
-from ..features import Features, ImageLike, Images, split_images
+from ..features import Features, Images
+from ..interfaces import DetectionOptions
+from . import imaging
 from .weights import WeightsError, config_value, load_checkpoint, load_into
 
-
-_RGB_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as the original preprocessing
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-@dataclass(frozen=True)
-class SuperPointConfig:
-    """Runtime detection options (the architecture comes from the checkpoint's config.json)."""
+#: Model defaults, used when the options say -1 (see interfaces.DetectionOptions).
+DEFAULT_THRESHOLD = 0.005
+DEFAULT_NMS_RADIUS = 4
 
-    keypoint_threshold: float = 0.005
-    max_keypoints: int = -1  # -1 = keep all
-    nms_radius: int = 4  # pixels of the (resized) image
-    border_removal: int = 4  # pixels of the (resized) image, on all four sides
-    resize_max: int = 0  # long side in pixels; 0 = native, never upscales
+#: magicleap's original release (superpoint_v1.pth) key prefixes → ours (transformers' names).
+_ORIGINAL_PREFIXES = {
+    **{f"conv{i + 1}{ab}.": f"encoder.conv_blocks.{i}.conv_{ab}." for i in range(4) for ab in "ab"},
+    "convPa.": "keypoint_decoder.conv_score_a.", "convPb.": "keypoint_decoder.conv_score_b.",
+    "convDa.": "descriptor_decoder.conv_descriptor_a.", "convDb.": "descriptor_decoder.conv_descriptor_b.",
+}
 
-    def __post_init__(self) -> None:
-        if not math.isfinite(self.keypoint_threshold) or self.keypoint_threshold < 0:
-            raise ValueError(f"keypoint_threshold must be a finite number >= 0, got {self.keypoint_threshold}")
-        for name, low in (("max_keypoints", -1), ("nms_radius", 0), ("border_removal", 0), ("resize_max", 0)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+def _our_key(name: str) -> str:
+    for old, new in _ORIGINAL_PREFIXES.items():
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
 
 
 class _ConvBlock(nn.Module):
@@ -144,7 +142,9 @@ class SuperPoint(nn.Module):
     pixels (resizing is undone with ``x_orig = (x + 0.5) * W_orig / W_resized - 0.5``).
     """
 
-    def __init__(self, options: SuperPointConfig | None = None, *,
+    features = "superpoint"  # Extractor protocol: descriptor family
+
+    def __init__(self, options: DetectionOptions | None = None, *,
                  encoder_hidden_sizes: Sequence[int] = (64, 64, 128, 128), decoder_hidden_size: int = 256,
                  keypoint_decoder_dim: int = 65, descriptor_decoder_dim: int = 256,
                  dtype: torch.dtype = torch.float32) -> None:
@@ -157,7 +157,7 @@ class SuperPoint(nn.Module):
                              f"{self.cell}x{self.cell} cell plus a dustbin), got {keypoint_decoder_dim}")
         if dtype not in (torch.float32, *_LOW_PRECISION):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
-        self.options = options or SuperPointConfig()
+        self.options = options or DetectionOptions()
         self.compute_dtype = dtype
         self.descriptor_dim = descriptor_decoder_dim
         self.encoder = _Encoder(encoder_hidden_sizes)
@@ -171,11 +171,13 @@ class SuperPoint(nn.Module):
     @classmethod
     def from_pretrained(cls, weights: str, revision: str = "", *, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, **runtime_options) -> "SuperPoint":
-        """Load a hub repo id or local directory (config.json + model.safetensors). Architecture
-        sizes come from config.json; detection options from ``runtime_options``
-        (see :class:`SuperPointConfig`), never from config.json."""
-        options = SuperPointConfig(**runtime_options)
+        """Load weights in any form ``weights.load_checkpoint`` resolves (hub repo id, directory,
+        .safetensors, or magicleap's original superpoint_v1.pth, renamed here). Architecture sizes
+        come from config.json (defaults for the original file); detection options from
+        ``runtime_options`` (see :class:`DetectionOptions`), never from config.json."""
+        options = DetectionOptions(**runtime_options)
         checkpoint = load_checkpoint(weights, revision)
+        checkpoint.state_dict = {_our_key(k): v for k, v in checkpoint.state_dict.items()}
         config = checkpoint.config
         if config.get("model_type", "superpoint") != "superpoint":
             raise WeightsError(f"weights '{weights}' are a '{config['model_type']}' checkpoint, not superpoint "
@@ -198,10 +200,8 @@ class SuperPoint(nn.Module):
     @classmethod
     def from_config(cls, config: ExtractorConfig, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> "SuperPoint":
-        return cls.from_pretrained(config.weights, config.revision, device=device, dtype=dtype,
-                                   keypoint_threshold=config.keypoint_threshold, max_keypoints=config.max_keypoints,
-                                   nms_radius=config.nms_radius, border_removal=config.border_removal,
-                                   resize_max=config.resize_max)
+        return cls.from_pretrained(config.resolved_weights, config.revision, device=device, dtype=dtype,
+                                   **dataclasses.asdict(DetectionOptions.from_config(config)))
 
     @property
     def device(self) -> torch.device:
@@ -219,7 +219,8 @@ class SuperPoint(nn.Module):
         if height < self.cell or width < self.cell:  # the encoder's pooling would leave nothing
             return [Features.empty((width, height), self.descriptor_dim, device) for _ in range(batch)]
         logits, dense = self._dense(gray.to(device))
-        scores = nms(F.pixel_shuffle(logits.softmax(1)[:, :-1], self.cell)[:, 0], self.options.nms_radius)
+        scores = nms(F.pixel_shuffle(logits.softmax(1)[:, :-1], self.cell)[:, 0],
+                     self.options.radius(DEFAULT_NMS_RADIUS))
         dense = F.normalize(dense, p=2, dim=1)
         return [self._select(scores[i], dense[i], (width, height)) for i in range(batch)]
 
@@ -240,7 +241,7 @@ class SuperPoint(nn.Module):
         """Threshold, border removal, top-k and descriptors for one (H', W') NMS'd score map."""
         opts = self.options
         # Row-major candidate order, as torch.nonzero in the reference: top-k ties depend on it.
-        yx = torch.nonzero(scores > opts.keypoint_threshold)
+        yx = torch.nonzero(scores > opts.threshold(DEFAULT_THRESHOLD))
         border, (height, width) = opts.border_removal, scores.shape
         y, x = yx.unbind(1)
         yx = yx[(y >= border) & (y < height - border) & (x >= border) & (x < width - border)]
@@ -262,70 +263,5 @@ class SuperPoint(nn.Module):
         Returns one Features per image, keypoints in that image's pixels. Same-size images share
         one CNN batch. ``resize_max`` shrinks with cv2.INTER_AREA (grayscale first, float32).
         """
-        prepared = [self._prepare(image) for image in split_images(images)]
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for index, (gray, _) in enumerate(prepared):
-            groups[tuple(gray.shape)].append(index)
-        results: list[Features | None] = [None] * len(prepared)
-        for indices in groups.values():
-            batch = torch.stack([prepared[i][0] for i in indices])[:, None]
-            for i, features in zip(indices, self.forward(batch)):
-                results[i] = _to_original(features, prepared[i][1])
-        return results  # type: ignore[return-value]
-
-    def _prepare(self, image: ImageLike) -> tuple[torch.Tensor, tuple[int, int]]:
-        """One image → ((H', W') float32 gray on the model's device, original (width, height))."""
-        height, width = int(image.shape[0]), int(image.shape[1])
-        target = _resized_size(width, height, self.options.resize_max)
-        if target is None:
-            return _grayscale(image, self.device), (width, height)
-        import cv2  # only needed when resizing
-
-        gray = _grayscale(image, torch.device("cpu")).numpy()
-        small = cv2.resize(gray, target, interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(small).to(self.device), (width, height)
-
-
-# ---------------------------------------------------------------------- input helpers
-
-
-def _grayscale(image: ImageLike, device: torch.device) -> torch.Tensor:
-    """(H, W) float32 in [0, 1]. Integer → float happens on the device, after the (smaller) copy."""
-    if isinstance(image, np.ndarray):
-        if image.dtype == np.uint16:  # torch's uint16 support is thin; convert here
-            image = image.astype(np.float32) / 65535
-        image = torch.from_numpy(np.ascontiguousarray(image))
-    t = image.to(device)
-    if t.dtype == torch.uint8:
-        t = t.float() / 255
-    elif t.is_floating_point():
-        t = t.float()
-    else:
-        raise TypeError(f"images must be uint8, uint16 or float in [0, 1], got {t.dtype}")
-    if t.ndim == 3:
-        if t.shape[-1] == 3:
-            r, g, b = t.unbind(-1)
-            t = _RGB_WEIGHTS[0] * r + _RGB_WEIGHTS[1] * g + _RGB_WEIGHTS[2] * b
-        elif t.shape[-1] == 1:
-            t = t[..., 0]
-        else:
-            raise ValueError(f"images must be H×W, H×W×1 or H×W×3 (RGB), got {tuple(t.shape)}")
-    return t
-
-
-def _resized_size(width: int, height: int, resize_max: int) -> tuple[int, int] | None:
-    """(width, height) to shrink to so the long side is ``resize_max``; None = keep as is."""
-    if resize_max <= 0 or max(width, height) <= resize_max:
-        return None
-    scale = resize_max / max(width, height)
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
-def _to_original(features: Features, original_size: tuple[int, int]) -> Features:
-    """Map keypoints from the (possibly resized) network input back to the original image."""
-    (width, height), (orig_w, orig_h) = features.image_size, original_size
-    if (width, height) == (orig_w, orig_h):
-        return features
-    scale = features.keypoints.new_tensor([orig_w / width, orig_h / height])
-    keypoints = (features.keypoints + 0.5) * scale - 0.5  # pixel centres at integers in both images
-    return Features(keypoints, features.scores, features.descriptors, original_size)
+        return imaging.extract_batched(images, self.device, rgb=False, resize_max=self.options.resize_max,
+                                       forward=self.forward)
