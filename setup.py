@@ -8,6 +8,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(exclude=["test", "test.*", "bench"]),
+    package_data={package_name: ["profiles/*.yaml"]},  # the shipped backend profiles (glue_ros.config.PROFILES)
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

@@ -387,9 +387,31 @@ class FrontEndConfig:
         return FrontEndConfig.from_flat(flat)
 
 
-def load_config(params_file: str | Path | None = None, sets: Iterable[str] = ()) -> dict[str, Any]:
-    """CLI helper: params file, then --set overrides → full validated flat dict."""
+#: Shipped parameter files (glue_ros/profiles/NAME.yaml), one per backend; the first is the default.
+PROFILES = ("superpoint_lightglue", "superpoint_superglue", "aliked_lightglue", "disk_lightglue",
+            "xfeat_lighterglue", "sift_nn", "orb_nn")
+#: Profiles whose weights ship with the Python packages (no download ever needed).
+OFFLINE_PROFILES = ("aliked_lightglue", "disk_lightglue", "xfeat_lighterglue", "sift_nn", "orb_nn")
+
+
+def profile_path(name: str) -> Path:
+    """The shipped parameter file of profile ``name``; ParameterError with the closest name otherwise."""
+    import difflib
+    from importlib.resources import files
+
+    if name not in PROFILES:
+        close = difflib.get_close_matches(name, PROFILES, n=1)
+        raise ParameterError(f"unknown profile '{name}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+                             + f"; profiles: {', '.join(PROFILES)}")
+    return Path(str(files("glue_ros") / "profiles" / f"{name}.yaml"))
+
+
+def load_config(params_file: str | Path | None = None, sets: Iterable[str] = (),
+                profile: str | None = None) -> dict[str, Any]:
+    """CLI helper: profile, then params file, then --set overrides → full validated flat dict."""
     values: dict[str, Any] = {}
+    if profile:
+        values.update(load_params_file(profile_path(profile)))
     if params_file:
         values.update(load_params_file(params_file))
     values.update(parse_set(sets))

@@ -84,3 +84,21 @@ def test_readme_parameter_table_is_current():
 
     assert render_params_markdown() in (ROOT / "README.md").read_text(), \
         "README parameter table is stale: python -m glue_ros.config --markdown"
+
+
+def test_every_profile_ships_loads_and_names_its_backend():
+    from glue_ros.config import PROFILES, profile_path
+
+    for name in PROFILES:
+        flat = load_config(profile=name)
+        extractor, matcher = name.split("_", 1)
+        assert flat["extractor.type"] == extractor
+        assert flat["matcher.type"] == {"lighterglue": "lightglue"}.get(matcher, matcher)
+        assert profile_path(name).is_file()
+    # order: profile, then params file, then --set
+    assert load_config(profile="orb_nn", sets=["extractor.type=sift"])["extractor.type"] == "sift"
+
+
+def test_unknown_profile_names_the_closest():
+    with pytest.raises(ParameterError, match=r"unknown profile 'xfeat_lightglue' \(did you mean 'xfeat_lighterglue'\?\)"):
+        load_config(profile="xfeat_lightglue")

@@ -9,6 +9,10 @@ from ..config import ParameterError, load_config
 
 
 def add_param_args(parser: argparse.ArgumentParser) -> None:
+    from ..config import PROFILES
+
+    parser.add_argument("--profile", metavar="NAME",
+                        help=f"shipped parameter file, applied first: {', '.join(PROFILES)}")
     parser.add_argument("--params-file", metavar="FILE.yaml",
                         help="ROS 2 params file (same as the node's), e.g. config/matcher.yaml")
     parser.add_argument("--set", metavar="NAME=VALUE", action="append", default=[],
@@ -16,7 +20,7 @@ def add_param_args(parser: argparse.ArgumentParser) -> None:
 
 
 def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return load_config(args.params_file, args.set)
+    return load_config(args.params_file, args.set, profile=args.profile)
 
 
 def run_cli(body: Callable[[], int]) -> int:
