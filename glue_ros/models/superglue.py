@@ -209,6 +209,47 @@ def _our_key(name: str) -> str:
     return name.replace(".attention.self.", ".attention.projections.")
 
 
+def _mlp_keys(original: str, ours: str, depth: int) -> dict[str, str]:
+    """The original's Sequential(Conv1d, BatchNorm1d, ReLU, ..., Conv1d) indices → our blocks."""
+    keys = {f"{original}.{3 * i}.": f"{ours}.{i}.linear." for i in range(depth - 1)}
+    keys.update({f"{original}.{3 * i + 1}.": f"{ours}.{i}.batch_norm." for i in range(depth - 1)})
+    keys[f"{original}.{3 * (depth - 1)}."] = f"{ours}.{depth - 1}."
+    return keys
+
+
+def from_original(state: dict[str, torch.Tensor], arch: SuperGlueArchitecture) -> dict[str, torch.Tensor]:
+    """magicleap's release checkpoints (superglue_indoor.pth / _outdoor.pth) → our layout: 1x1 Conv1d
+    weights become Linear weights, and attention heads move from interleaved channels
+    (``d * heads + h``) to contiguous blocks (``h * head_dim + d``), as transformers' converter does."""
+    heads, dim = arch.num_attention_heads, arch.hidden_size
+    prefixes = _mlp_keys("kenc.encoder", "keypoint_encoder.encoder", len(arch.keypoint_encoder_sizes) + 1)
+    prefixes["final_proj."] = "final_projection.final_proj."
+    for layer in range(len(arch.gnn_layers_types)):
+        ours = f"gnn.layers.{layer}.attention."
+        for i, name in enumerate(("query", "key", "value")):
+            prefixes[f"gnn.layers.{layer}.attn.proj.{i}."] = f"{ours}projections.{name}."
+        prefixes[f"gnn.layers.{layer}.attn.merge."] = f"{ours}output.dense."
+        prefixes.update(_mlp_keys(f"gnn.layers.{layer}.mlp", f"gnn.layers.{layer}.mlp", 2))
+
+    def contiguous(t: torch.Tensor, dim0: int) -> torch.Tensor:  # channel d*heads+h -> h*head_dim+d
+        shape = list(t.shape)
+        moved = t.movedim(dim0, 0)
+        moved = moved.reshape(dim // heads, heads, *moved.shape[1:]).transpose(0, 1).reshape(moved.shape)
+        return moved.movedim(0, dim0).reshape(shape)
+
+    out = {}
+    for key, tensor in state.items():
+        new = next((n + key[len(o):] for o, n in prefixes.items() if key.startswith(o)), key)
+        if tensor.dim() == 3 and tensor.shape[-1] == 1:  # Conv1d kernel size 1 → Linear
+            tensor = tensor[..., 0]
+        if ".projections." in new:
+            tensor = contiguous(tensor, 0)
+        elif ".output.dense.weight" in new:
+            tensor = contiguous(tensor, 1)
+        out[new] = tensor
+    return out
+
+
 # --------------------------------------------------------------------------- optimal transport
 
 
@@ -265,11 +306,15 @@ class SuperGlue(nn.Module):
     @classmethod
     def from_pretrained(cls, weights: str, revision: str = "", *, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, **runtime_options: Any) -> "SuperGlue":
-        """Load from a hub repo id or local directory (config.json + model.safetensors).
+        """Load weights in any form ``weights.load_checkpoint`` resolves: hub repo id, directory
+        (config.json + model.safetensors), .safetensors file, or magicleap's original
+        superglue_indoor.pth / superglue_outdoor.pth (renamed here; architecture = the original's).
         ``runtime_options``: fields of :class:`SuperGlueConfig`."""
         config = SuperGlueConfig(**runtime_options)
         checkpoint = load_checkpoint(weights, revision, drop_prefixes=DROP_PREFIXES)
         model = cls(SuperGlueArchitecture.from_json(checkpoint.config, weights), config, dtype)
+        if "kenc.encoder.0.weight" in checkpoint.state_dict:  # magicleap's original release file
+            checkpoint.state_dict = from_original(checkpoint.state_dict, model.arch)
         checkpoint.state_dict = {_our_key(k): v for k, v in checkpoint.state_dict.items()}
         load_into(model, checkpoint)
         return model.to(resolve_device(device) if isinstance(device, str) else device)
