@@ -311,7 +311,7 @@ def main() -> None:
         mask[0, 0, : len(f0)], mask[0, 1, : len(f1)] = 1, 1
         for mode_name, mode in (("off", OFF), ("on", ON)):
             for model in lg.values():
-                model.reconfigure(**mode)
+                model.with_options(**mode)
             lg_ref.depth_confidence, lg_ref.width_confidence = mode["depth_confidence"], mode["width_confidence"]
 
             def ref_lg(kpts=kpts, desc=desc, mask=mask):
@@ -342,7 +342,7 @@ def main() -> None:
             for label, ours_models, ref_model, mode in e2e:
                 C.set_reference_detector(ref_model.keypoint_detector, k)
                 if mode is not None:
-                    ours_models[torch.float32].reconfigure(**mode)
+                    ours_models[torch.float32].with_options(**mode)
                     ref_model.depth_confidence = mode["depth_confidence"]
                     ref_model.width_confidence = mode["width_confidence"]
 
@@ -386,7 +386,7 @@ def main() -> None:
             for label, models, run_ours, mode, run_ref in matchers:
                 if mode is not None:
                     for model in models.values():
-                        model.reconfigure(**mode)
+                        model.with_options(**mode)
                     lg_ref.depth_confidence = mode["depth_confidence"]
                     lg_ref.width_confidence = mode["width_confidence"]
                 base, base_la, stop = run_ours(models[torch.float32], a, b)

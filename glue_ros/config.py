@@ -137,24 +137,6 @@ PARAMS: tuple[ParamSpec, ...] = (
 
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
 
-#: Weights used when extractor.weights is empty, per extractor.type.
-DEFAULT_EXTRACTOR_WEIGHTS = {
-    "superpoint": "magic-leap-community/superpoint",
-    "aliked": "aliked-n16",
-    "disk": "disk-depth",
-    "xfeat": "xfeat",
-}
-
-#: Weights used when matcher.weights is empty, per (matcher.type, extractor.type).
-DEFAULT_MATCHER_WEIGHTS = {
-    ("lightglue", "superpoint"): "ETH-CVG/lightglue_superpoint",
-    ("lightglue", "aliked"): "aliked-lightglue",
-    ("lightglue", "disk"): "disk-lightglue",
-    ("lightglue", "xfeat"): "xfeat-lighterglue",
-    ("superglue", "superpoint"): "magic-leap-community/superglue_indoor",
-}
-
-
 def default(name: str) -> Any:
     """The default of parameter ``name`` (the typed sections below take their defaults from here)."""
     return SPECS[name].default
@@ -308,6 +290,8 @@ class ExtractorConfig:
     @property
     def resolved_weights(self) -> str:
         """The weights to load: ``weights`` or the default for ``type`` ("" for sift/orb)."""
+        from .models.weights import DEFAULT_EXTRACTOR_WEIGHTS  # the one table (no torch import)
+
         return self.weights or DEFAULT_EXTRACTOR_WEIGHTS.get(self.type, "")
 
 
@@ -326,7 +310,9 @@ class MatcherConfig:
     def resolved_weights(self, features: str) -> str:
         """The weights to load for an extractor of family ``features``: ``weights`` or the default
         for (type, features); "" when there is none (nn, or no trained matcher for that family)."""
-        return self.weights or DEFAULT_MATCHER_WEIGHTS.get((self.type, features), "")
+        from .models.weights import DEFAULT_MATCHER_WEIGHTS  # the one table (no torch import)
+
+        return self.weights or DEFAULT_MATCHER_WEIGHTS.get(self.type, {}).get(features, "")
 
 
 @dataclass(frozen=True)

