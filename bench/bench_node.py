@@ -48,7 +48,8 @@ import rosgraph as rg  # noqa: E402  (sets the DDS environment before rclpy is i
 import numpy as np  # noqa: E402
 
 from glue_ros.ros.image_codec import encode_image  # noqa: E402
-from glue_ros.ros.messages import decode_matches, stamp_to_ns  # noqa: E402
+from glue_ros.ros.messages import decode_matches  # noqa: E402
+from glue_ros.ros.msg_types import stamp_to_ns  # noqa: E402
 from glue_ros.synthetic import render_sequence  # noqa: E402
 
 MODES = ("30hz", "flood", "paced")

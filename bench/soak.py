@@ -299,7 +299,7 @@ def run_node(frames: int, *, width: int = 160, height: int = 120, unique: int = 
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import PointCloud2
 
-    from glue_ros.ros.messages import decode_diagnostics
+    from glue_ros.ros.diagnostics import decode_diagnostics
 
     warmup = warmup if warmup is not None else min(max(frames // 5, 100), 1000)
     fig = SoakFigures("node", frames, warmup, extra={"pace": pace})

@@ -224,7 +224,7 @@ def camera_info_msg(camera, stamp_ns: int, frame_id: str = "camera", *, k: Itera
     """sensor_msgs/CameraInfo of a glue_ros CameraModel (``k`` overrides K, e.g. NaN or zeros)."""
     from sensor_msgs.msg import CameraInfo
 
-    from glue_ros.ros.messages import RclpyTypes
+    from glue_ros.ros.msg_types import RclpyTypes
 
     msg = CameraInfo()
     msg.header = RclpyTypes().header(stamp_ns, frame_id)
@@ -257,7 +257,9 @@ def compressed_msg(image: np.ndarray, stamp_ns: int, frame_id: str = "camera", q
 
 
 def stamp_of(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+    from glue_ros.ros.msg_types import header_stamp_ns
+
+    return header_stamp_ns(msg)
 
 
 # --------------------------------------------------------------------------- this process' graph
@@ -519,7 +521,7 @@ class MatcherTopics:
 
     def diagnostics_of_node(self) -> list[dict]:
         """Decoded /diagnostics values of this node (oldest first)."""
-        from glue_ros.ros.messages import decode_diagnostics
+        from glue_ros.ros.diagnostics import decode_diagnostics
 
         out = []
         for msg in self.diagnostics.messages:
@@ -537,7 +539,7 @@ class MatcherTopics:
             with self.graph.lock:
                 fresh = self.diagnostics.items[start:]
             for item in fresh:
-                from glue_ros.ros.messages import decode_diagnostics
+                from glue_ros.ros.diagnostics import decode_diagnostics
 
                 for report in decode_diagnostics(item.msg):
                     if report.name.startswith(self.fqn + ":"):

@@ -316,7 +316,7 @@ def test_to_gray_or_rgb_uint8():
 
 @pytest.fixture(scope="module", params=["rclpy", "rosbags"])
 def flavour(request):
-    from glue_ros.ros.messages import RclpyTypes, RosbagsTypes
+    from glue_ros.ros.msg_types import RclpyTypes, RosbagsTypes
 
     if request.param == "rosbags":
         yield RosbagsTypes()
@@ -347,7 +347,7 @@ def test_flavours_serialise_and_decode(flavour, encoding):
 
 def test_rclpy_and_rosbags_images_are_wire_compatible():
     # (CDR padding bytes are unspecified, so compare by decoding each flavour's bytes with the other)
-    from glue_ros.ros.messages import RclpyTypes, RosbagsTypes
+    from glue_ros.ros.msg_types import RclpyTypes, RosbagsTypes
 
     raw = raw_for("rgb8")
     a, b = RclpyTypes(), RosbagsTypes()

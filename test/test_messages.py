@@ -1,23 +1,29 @@
-"""glue_ros.ros.messages: the message contract, built with rclpy AND rosbags classes, serialised,
-deserialised and decoded back exactly."""
+"""The message contract (glue_ros.ros.messages, vins, diagnostics, outputs; msg_types, pointcloud
+underneath), built with rclpy AND rosbags classes, serialised, deserialised and decoded back exactly;
+and the import graph of glue_ros has no cycle."""
 from __future__ import annotations
 
+import ast
 import importlib
 import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from glue_ros.results import FrameResult, KeyframeDecision, KeyframeMatches, RelativePose
+from glue_ros.ros.diagnostics import (DIAGNOSTIC_NAME, ERROR, OK, WARN, DiagnosticThresholds, build_diagnostics,
+                                      decode_diagnostics, diagnostic_level)
 from glue_ros.ros.image_codec import decode_image
-from glue_ros.ros.messages import (DIAGNOSTIC_NAME, ERROR, KEYFRAME_FIELDS, MATCH_FIELDS, MAX_EXACT_TRACK_ID, OK,
-                                   WARN, DiagnosticThresholds, RclpyTypes, RosbagsTypes, build_debug_image,
-                                   build_diagnostics, build_features, build_keyframe, build_matches,
-                                   build_relative_pose, decode_diagnostics, decode_features, decode_keyframe,
-                                   decode_matches, decode_relative_pose, diagnostic_level, factory_for, make_cloud,
-                                   ns_to_stamp, pose_keyframe, quaternion_to_rotation, read_points,
-                                   rotation_to_quaternion)
+from glue_ros.ros.messages import (KEYFRAME_FIELDS, MATCH_FIELDS, MAX_EXACT_TRACK_ID, build_keyframe, build_matches,
+                                   build_relative_pose, decode_keyframe, decode_matches, decode_relative_pose,
+                                   pose_keyframe)
+from glue_ros.ros.msg_types import RclpyTypes, RosbagsTypes, factory_for, ns_to_stamp, stamp_to_ns
+from glue_ros.ros.outputs import build_debug_image, frame_outputs
+from glue_ros.ros.pointcloud import make_cloud, read_points
+from glue_ros.ros.vins import build_features, decode_features
+from glue_ros.viz import MAX_DRAWN, OUTLIER_BGR, draw_matches, draw_matches_on_frame, score_ramp, select_drawn
 
 STAMP = 1_700_000_123_000_000_999
 KF_STAMPS = (1_700_000_122_999_999_999, 1_700_000_100_000_000_000)
@@ -179,17 +185,27 @@ def test_relative_pose_round_trip_and_pairing(factory):
     assert build_relative_pose(factory, result, frame_id="cam2").header.frame_id == "cam2"
 
 
-def test_quaternion_conversions():
+def test_relative_pose_rotations_round_trip():
+    """Every rotation (incl. the 180 degree ones where w = 0) survives build → decode; the message
+    carries a unit quaternion with w >= 0 (geometry.quaternion_from_matrix); a quaternion that is
+    not a rotation is refused when decoding."""
     rng = np.random.default_rng(1)
     rotations = [rot(rng.standard_normal(3), a) for a in rng.uniform(0, np.pi, 50)]
     rotations += [np.diag([1.0, -1, -1]), np.diag([-1.0, 1, -1]), np.diag([-1.0, -1, 1]), np.eye(3),
                   rot([1, 1, 0], np.pi)]
+    f = RosbagsTypes()
+    result = make_result()
     for R in rotations:
-        q = rotation_to_quaternion(R)
+        result.matches[0].pose.rotation = R
+        msg = build_relative_pose(f, result)
+        o = msg.pose.pose.orientation
+        q = np.array([o.x, o.y, o.z, o.w])
         assert abs(np.linalg.norm(q) - 1) < 1e-12 and q[3] >= 0
-        np.testing.assert_allclose(quaternion_to_rotation(*q), R, atol=1e-12)
-    with pytest.raises(ValueError):
-        quaternion_to_rotation(0, 0, 0, 0)
+        np.testing.assert_allclose(decode_relative_pose(msg).rotation, R, atol=1e-12)
+    for bad in ((0.0, 0.0, 0.0, 0.0), (float("nan"), 0.0, 0.0, 1.0)):
+        o.x, o.y, o.z, o.w = bad
+        with pytest.raises(ValueError, match="quaternion"):
+            decode_relative_pose(msg)
 
 
 # --------------------------------------------------------------------------- ~/keyframes
@@ -271,8 +287,50 @@ def test_debug_image(factory):
     rgb = decode_image(back)
     assert rgb.shape == (480, 640, 3)
     assert (rgb != grey[..., None]).any(axis=-1).sum() > 1000  # something was drawn
+    bgr = rgb[..., ::-1]
+    outliers = ~np.concatenate([km.inliers for km in result.matches])
+    assert outliers.any() and (bgr == OUTLIER_BGR).all(axis=-1).any(), "outliers are drawn red"
+    assert (bgr[:, :, 1] > 150).sum() > 100, "inliers are drawn in the green-blue score ramp"
+    legend = rgb[:40, :200].astype(int)
+    assert (legend == 255).all(axis=-1).sum() > 50, "the legend's white text"
     mono16 = build_debug_image(factory, (grey.astype(np.uint16) << 8), result, encoding="mono16")
     assert decode_image(mono16).shape == (480, 640, 3)
+
+
+def test_match_pictures_cap_stratify_and_colour():
+    """glue_ros.viz (the CLI's, the demo's and the debug image's drawing): at most MAX_DRAWN matches,
+    every score range and inliers/outliers in proportion, outliers red, a legend."""
+    rng = np.random.default_rng(3)
+    n = 1000
+    scores = rng.random(n)
+    inliers = rng.random(n) > 0.2
+    chosen = select_drawn(scores, inliers)
+    assert len(chosen) == MAX_DRAWN == 150 and len(np.unique(chosen)) == 150
+    for group in (inliers, ~inliers):  # the lowest and highest score of each group are drawn
+        idx = np.flatnonzero(group)
+        assert {idx[np.argmin(scores[idx])], idx[np.argmax(scores[idx])]} <= set(chosen.tolist())
+    assert abs((~inliers[chosen]).mean() - (~inliers).mean()) < 0.02, "outliers in proportion"
+    deciles = np.histogram(scores[chosen], bins=10, range=(0, 1))[0]
+    assert deciles.min() >= 10, f"every score range shows: {deciles}"
+    assert select_drawn(scores[:40]).tolist() == list(range(40))
+    assert len(select_drawn(scores, np.zeros(n, bool))) == 150  # no inliers at all: still capped
+
+    image = np.full((240, 320), 90, np.uint8)
+    ys = np.linspace(60, 230, n)
+    p0 = np.stack([np.full(n, 20.0), ys], axis=1)
+    p1 = np.stack([np.full(n, 200.0), ys], axis=1)
+    picture = draw_matches(image, image, p0, p1, scores, inliers=inliers, title="superpoint + lightglue",
+                           timings_ms={"extract_ms": 1.0})
+    assert picture.shape == (240, 650, 3) and picture.dtype == np.uint8
+    assert (picture == OUTLIER_BGR).all(axis=-1).any()
+    ramp = score_ramp(np.array([0.0, 0.5, 1.0]))
+    assert ramp[0, 0] > ramp[0, 1] and ramp[2, 1] > ramp[2, 0], "blue (low score) to green (high score)"
+    assert (picture[:30, :150] == 255).all(axis=-1).any(), "legend text"
+    assert picture[:30, :150].mean() < 90, "the legend box darkens the image under it"
+    unverified = draw_matches_on_frame(image, p0, p1, scores)
+    assert not (unverified == OUTLIER_BGR).all(axis=-1).any(), "nothing is an outlier when nothing was verified"
+    with pytest.raises(ValueError):
+        draw_matches(image, image, p0, p1[:-1], scores)
 
 
 # --------------------------------------------------------------------------- diagnostics
@@ -368,19 +426,104 @@ def test_rclpy_field_checks_are_active():
             module.ros_python_check_fields = value
 
 
-def test_header_first_adapters(factory):
-    """The call shapes used by outputs.py / node.py / replay.py give the same messages."""
-    from glue_ros.ros import messages as M
+def test_frame_outputs(factory):
+    """What the node and the replay publish per frame (outputs.frame_outputs): the topics, one stamp,
+    the frame_id override, ~/features only with intrinsics, ~/debug_image only when asked for."""
+    from glue_ros.config import validate
+    from glue_ros.geometry import CameraModel
 
     result = make_result()
-    header = M.make_header(factory, result.stamp_ns, "cam_override")
-    m = decode_matches(M.matches_cloud(result, factory, header))
-    assert m.frame_id == "cam_override" and m.stamp_ns == STAMP and len(m) == 48
-    assert M.relative_pose(result, factory, header).header.frame_id == "cam_override"
-    assert decode_keyframe(M.keyframe_cloud(result, factory, header)).keyframe_id == 42
-    assert len(decode_features(M.features_cloud(result, factory, header, normalise)).feature_ids) == 59
-    assert M.debug_image(result, np.zeros((480, 640), np.uint8), factory, header).encoding == "bgr8"
-    [report] = decode_diagnostics(M.diagnostics({"frames_dropped": 0}, factory, 5, name="n", hardware_id="cpu"))
-    assert (report.level, report.name, report.hardware_id, report.stamp_ns) == (OK, "n", "cpu", 5)
-    with pytest.raises(ValueError, match="header stamp"):
-        M.matches_cloud(result, factory, M.make_header(factory, result.stamp_ns + 1, "cam"))
+    camera = CameraModel.from_intrinsics(FX, FY, CX, CY, width=640, height=480)
+    params = validate({"output.frame_id": "cam_override", "output.features": True})
+    out = dict(frame_outputs(result, factory, params, camera=camera, debug_image=np.zeros((480, 640), np.uint8),
+                             backend="orb + nn"))
+    assert list(out) == ["matches", "relative_pose", "keyframes", "features", "debug_image"]
+    assert {stamp_to_ns(m.header.stamp) for m in out.values()} == {STAMP}
+    assert {m.header.frame_id for m in out.values()} == {"cam_override"}
+    m = decode_matches(out["matches"])
+    assert len(m) == 48
+    assert decode_keyframe(out["keyframes"]).keyframe_id == 42
+    features = decode_features(out["features"])
+    assert len(features.feature_ids) == 59
+    np.testing.assert_allclose(features.normalised, normalise(result.keypoints[result.track_ids >= 0]), atol=1e-6)
+    assert out["debug_image"].encoding == "bgr8"
+    plain = dict(frame_outputs(make_result(valid=False, keyframe=False), factory, validate({})))
+    assert list(plain) == ["matches"] and plain["matches"].header.frame_id == "camera_optical"
+    assert "features" not in dict(frame_outputs(result, factory, params))  # no intrinsics, no ~/features
+
+
+# --------------------------------------------------------------------------- module structure
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """module → the modules of the same package it imports, at module level or inside functions
+    (a lazy import closes a circle as well), from the source (nothing is imported)."""
+    root = package.parent
+    modules = {".".join(p.relative_to(root).with_suffix("").parts[:-1] if p.name == "__init__.py"
+                        else p.relative_to(root).with_suffix("").parts): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                prefix = ".".join(base[:len(base) - node.level + 1] + [node.module or ""]).rstrip(".") \
+                    if node.level else node.module
+                candidates = [prefix] + [f"{prefix}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for candidate in candidates:
+                while candidate and candidate not in modules:  # `from pkg import name` → pkg
+                    candidate = candidate.rpartition(".")[0]
+                if candidate and candidate != name and candidate != package.name:
+                    targets.add(candidate)
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import circle (a → b → … → a), or [] if there is none (depth-first search)."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str]:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(graph.get(module, ())):
+            if state.get(target) == 1:
+                return path[path.index(target):] + [target]
+            if target not in state:
+                cycle = visit(target)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[module] = 2
+        return []
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = visit(module)
+            if cycle:
+                return cycle
+    return []
+
+
+def test_no_import_cycles():
+    import glue_ros
+
+    graph = import_graph(Path(glue_ros.__file__).parent)
+    assert "glue_ros.ros.msg_types" in graph["glue_ros.ros.image_codec"]  # the graph sees relative imports
+    assert "glue_ros.ros.node" in graph and "glue_ros.viz" in graph["glue_ros.ros.outputs"]
+    assert find_cycle(graph) == []
+    # the checker itself finds a circle closed by a lazy import inside a function
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_messages_module_stays_small():
+    """messages.py is the contract topics only: types, stamps, PointCloud2 packing, VINS features,
+    diagnostics and debug drawing live in their own modules."""
+    import glue_ros.ros.messages as messages
+
+    assert len(Path(messages.__file__).read_text().splitlines()) <= 300

@@ -89,7 +89,8 @@ def classical(graph, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("classical")
     params = rg.write_params(tmp / "params.yaml", dict(CLASSICAL, **{"camera.distortion": [0, 0, 0, 0, 0]}))
     proc = rg.start_node("--params-file", str(params), namespace="/t_classical", log_dir=tmp, label="classical",
-                         params={"extractor.max_keypoints": 600, "keyframes.max_interval_s": 0.5})
+                         params={"extractor.max_keypoints": 600, "keyframes.max_interval_s": 0.5,
+                                 "keyframes.parallax": 3})  # a misspelt name: warned about, not declared
     try:
         topics = rg.MatcherTopics(graph, "/t_classical")
         topics.wait_ready(proc)
@@ -110,6 +111,8 @@ def test_params_file_and_overrides_are_applied(classical, graph):
     assert list(values["camera.distortion"]) == [0.0] * 5
     assert values["device"] == "cpu" and values["input.queue_size"] == 1  # YAML / default
     assert "ready: orb + nn on cpu" in proc.output()
+    assert "ignoring unknown parameter 'keyframes.parallax' (did you mean 'keyframes.parallax_px'?)" in proc.output()
+    assert graph.get_parameters(topics.fqn, ["keyframes.parallax"]) == {}  # not declared: no value in the reply
 
 
 def test_paced_sequence_matches_poses_keyframes(classical, sideways):
@@ -219,6 +222,14 @@ def test_live_parameter_update_and_restart_only_rejected(classical, small, graph
     assert not bad.successful
     values = graph.get_parameters(topics.fqn, ["extractor.type", "device", "keyframes.min_matches"])
     assert values == {"extractor.type": "orb", "device": "cpu", "keyframes.min_matches": 80}
+    # an integer for a float parameter is stored as the float it is (as from YAML at start)
+    for value in (41, 40.0):
+        (ok,) = graph.set_parameters(topics.fqn, {"keyframes.parallax_px": value})
+        assert ok.successful, ok.reason
+        parallax = graph.get_parameters(topics.fqn, ["keyframes.parallax_px"])["keyframes.parallax_px"]
+        assert parallax == float(value) and isinstance(parallax, float)
+    (bad,) = graph.set_parameters(topics.fqn, {"keyframes.parallax_px": "far"})
+    assert not bad.successful
     assert proc.alive()
 
 
@@ -339,6 +350,121 @@ def test_sigint_stops_cleanly(classical):
     assert code == 0, proc.output()[-3000:]
     assert time.monotonic() - start < 5.0
     assert "Traceback" not in proc.output()
+
+
+# =============================================================================== one input path: node = replay
+
+
+def _read_topics(bag) -> dict[str, list]:
+    from glue_ros.ros.bag_io import open_reader
+    from glue_ros.ros.msg_types import RosbagsTypes
+
+    types, reader, out = RosbagsTypes(), open_reader(bag), {}
+    try:
+        for connection, _, raw in reader.messages():
+            out.setdefault(connection.topic, []).append(types.deserialize(raw, connection.msgtype))
+    finally:
+        reader.close()
+    return out
+
+
+def test_bad_camera_info_same_in_node_and_replay(graph, small, tmp_path):
+    """The node (over DDS, in its own process) and glue-ros-replay (offline) take the same images and
+    CameraInfo through the same input path, and agree frame by frame: an unusable CameraInfo (NaN K,
+    zero K) is ignored and counted, the frame keeps the last usable intrinsics, and before any usable
+    CameraInfo the camera.* parameters are used. Which intrinsics each frame got is read back from
+    ~/features (normalised coordinates); the matches, poses and counters are the same in both."""
+    from sensor_msgs.msg import PointCloud
+
+    from glue_ros.config import validate
+    from glue_ros.geometry import CameraModel, normalize_points
+    from glue_ros.ros.bag_io import BagWriter
+    from glue_ros.ros.camera_info import camera_info_message
+    from glue_ros.ros.image_codec import encode_image
+    from glue_ros.ros.msg_types import RclpyTypes, RosbagsTypes
+    from glue_ros.ros.vins import decode_features
+    from glue_ros.tools.replay import replay_offline
+
+    true = small.camera
+    fx, fy, cx, cy = true.K[0, 0], true.K[1, 1], true.K[0, 2], true.K[1, 2]
+    fallback = CameraModel.from_intrinsics(0.8 * fx, 0.8 * fy, cx + 3, cy - 2)
+    params = dict(CLASSICAL, **{"camera.fx": fallback.K[0, 0], "camera.fy": fallback.K[1, 1],
+                                "camera.cx": fallback.K[0, 2], "camera.cy": fallback.K[1, 2],
+                                "output.features": True, "keyframes.max_interval_s": 0.1})
+    # per frame: the CameraInfo sent with it, and the intrinsics it must get
+    plan = [("nan", fallback), ("good", true), ("good", true), ("zero", true), (None, true), ("good", true),
+            ("nan", true), ("good", true)]
+    bad_k = {"nan": [float("nan")] * 9, "zero": [0.0] * 9}
+    stamps = now_stamps(len(plan))
+
+    def info(types, i):
+        msg = camera_info_message(types, true, stamps[i], "camera")
+        if plan[i][0] in bad_k:
+            msg.k = np.array(bad_k[plan[i][0]]) if types.flavour == "rosbags" else bad_k[plan[i][0]]
+        return msg
+
+    with BagWriter(tmp_path / "in") as writer:  # CameraInfo first, as a camera driver publishes them
+        types = RosbagsTypes(writer.typestore)
+        for i, stamp in enumerate(stamps):
+            if plan[i][0] is not None:
+                writer.write("/camera/camera_info", "sensor_msgs/msg/CameraInfo", info(types, i), stamp)
+            writer.write("/camera/image", "sensor_msgs/msg/Image",
+                         encode_image(small.images[i], "rgb8", types, stamp_ns=stamp, frame_id="camera"), stamp)
+    summary = replay_offline(str(tmp_path / "in"), str(tmp_path / "out"), validate(params), progress=False)
+    replayed = _read_topics(tmp_path / "out")
+
+    with rg.start_node(namespace="/t_same_input", params=params, log_dir=tmp_path, label="same_input") as proc:
+        topics = rg.MatcherTopics(graph, "/t_same_input")
+        features = graph.subscribe(f"{topics.fqn}/features", PointCloud)
+        topics.wait_ready(proc)
+        infos = 0
+        for i, stamp in enumerate(stamps):
+            if plan[i][0] is not None:  # counted by the node before its image is sent: a fixed order
+                infos += 1
+                while True:
+                    topics.info_pub.publish(info(RclpyTypes(), i))
+                    try:
+                        topics.wait_for_diagnostics(lambda d: int(d["camera_info_received"]) >= infos, 1.5)
+                        break
+                    except AssertionError:  # the very first sample may race discovery: resend while uncounted
+                        assert infos == 1, "a CameraInfo was lost after discovery"
+            topics.publish_and_wait(small.images[i], stamp)
+        graph.wait_for(lambda: {rg.stamp_of(m) for m in features.messages} >= set(stamps), 10.0, "~/features")
+        d = topics.wait_for_diagnostics(lambda d: int(d["frames_processed"]) == len(stamps) and
+                                        int(d["frames_pending"]) == 0)
+        node = {"matches": [topics.matches.by_stamp(s) for s in stamps], "features": [
+            next(m for m in features.messages if rg.stamp_of(m) == s) for s in stamps],
+            "poses": sorted(rg.stamp_of(m) for m in topics.poses.messages)}
+        log = proc.output()
+
+    # the counters: the same in both
+    assert (summary.frames, summary.processed, summary.skipped) == (len(stamps), len(stamps), 0)
+    assert (int(d["frames_received"]), int(d["frames_processed"]), int(d["frames_rejected_total"])) == \
+        (len(stamps), len(stamps), 0)
+    assert (summary.camera_info_received, summary.camera_info_rejected) == (7, 3)
+    assert (int(d["camera_info_received"]), int(d["camera_info_rejected"])) == (7, 3)
+    assert d["intrinsics"] == "camera_info"
+    assert "CameraInfo ignored: K contains NaN or inf" in log and "CameraInfo ignored: focal length must be " \
+        "positive" in log
+
+    # the intrinsics of every frame, from ~/features: the planned ones, in both
+    prefix = "/glue_ros_matcher/"
+    replay_features = replayed[prefix + "features"]
+    assert [decode_features(m).stamp_ns for m in replay_features] == stamps
+    for i, (node_msg, replay_msg) in enumerate(zip(node["features"], replay_features)):
+        for decoded in (decode_features(node_msg), decode_features(replay_msg)):
+            assert len(decoded.pixels) > 50, i
+            np.testing.assert_allclose(decoded.normalised, normalize_points(decoded.pixels, plan[i][1]),
+                                       rtol=1e-6, atol=1e-6, err_msg=f"frame {i}: intrinsics")
+
+    # and the same matches and poses
+    for i, (node_msg, replay_msg) in enumerate(zip(node["matches"], replayed[prefix + "matches"])):
+        a, b = decode_matches(node_msg), decode_matches(replay_msg)
+        assert a.stamp_ns == b.stamp_ns == stamps[i]
+        for field in ("points", "keyframe_points", "scores", "track_ids", "keyframe_stamp_ns", "inliers"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=f"frame {i}: {field}")
+    assert node["poses"] == [decode_relative_pose(m).stamp_ns for m in replayed[prefix + "relative_pose"]]
+    assert len(node["poses"]) >= 4
 
 
 # =============================================================================== startup errors

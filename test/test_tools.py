@@ -14,8 +14,8 @@ import pytest
 
 from glue_ros.config import validate
 from glue_ros.ros.bag_io import open_reader
-from glue_ros.ros.messages import (RosbagsTypes, decode_keyframe, decode_matches, decode_relative_pose,
-                                   pose_keyframe)
+from glue_ros.ros.messages import decode_keyframe, decode_matches, decode_relative_pose, pose_keyframe
+from glue_ros.ros.msg_types import RosbagsTypes
 from glue_ros.synthetic import render_sequence
 from glue_ros.tools.make_bag import BagLayout, make_synthetic_bag
 from glue_ros.tools.replay import replay_offline
@@ -170,6 +170,104 @@ def test_make_bag_from_image_folder_with_tum_rgb_txt(tmp_path):
     assert bad.returncode != 0 and "is not a directory" in bad.stderr
 
 
+def test_replay_counts_corrupt_messages(tmp_path):
+    """A CameraInfo or an image that does not deserialise: the CameraInfo is an unusable one (ignored,
+    counted), the image a frame without output (rejected.corrupt_message); the rest is replayed."""
+    from glue_ros.ros.bag_io import BagWriter
+    from glue_ros.ros.camera_info import camera_info_message
+    from glue_ros.ros.image_codec import encode_image
+
+    seq = render_sequence(4, width=160, height=120, motion="sideways", seed=1)
+    with BagWriter(tmp_path / "in") as writer:
+        types = RosbagsTypes(writer.typestore)
+        for i, (image, stamp) in enumerate(zip(seq.images, seq.stamps_ns)):
+            writer.write("/camera/camera_info", "sensor_msgs/msg/CameraInfo",
+                         camera_info_message(types, seq.camera, stamp, "c"), stamp)
+            writer.write("/camera/image", "sensor_msgs/msg/Image",
+                         encode_image(image, "rgb8", types, stamp_ns=stamp, frame_id="c"), stamp)
+        junk = b"\x00\x01\x00\x00\xff"
+        writer.writer.write(writer.connections["/camera/camera_info"], seq.stamps_ns[-1] + 1, junk)
+        writer.writer.write(writer.connections["/camera/image"], seq.stamps_ns[-1] + 2, junk)
+    summary = replay_offline(str(tmp_path / "in"), str(tmp_path / "out"), validate(CLASSICAL), progress=False)
+    assert (summary.frames, summary.processed, summary.skipped) == (5, 4, 1)
+    assert summary.rejected == {"corrupt_message": 1}
+    assert (summary.camera_info_received, summary.camera_info_rejected) == (5, 1)
+    assert len(read_bag(tmp_path / "out")["/glue_ros_matcher/matches"]) == 4
+
+
+def test_frame_input_rules_and_counters():
+    """The input path the node and the replay share (glue_ros.ros.frame_input), without ROS: the
+    intrinsics rule, what is counted and warned about, and the frames that give no output."""
+    from types import SimpleNamespace
+
+    from glue_ros.geometry import CameraModel
+    from glue_ros.ros.camera_info import camera_info_message
+    from glue_ros.ros.frame_input import CAMERA_INFO_HISTORY, FrameInput
+    from glue_ros.ros.image_codec import encode_image
+
+    types = RosbagsTypes()
+    cam_a = CameraModel.from_intrinsics(100, 100, 80, 60, 160, 120)
+    cam_b = CameraModel.from_intrinsics(200, 200, 80, 60, 160, 120)
+
+    def info(camera, stamp, k=None):
+        msg = camera_info_message(types, camera, stamp, "c")
+        if k is not None:
+            msg.k = np.array(k, float)
+        return msg
+
+    warnings = []
+    inputs = FrameInput(validate({}), log=lambda key, text: warnings.append((key, text)))
+    assert inputs.camera_for(5) is None and inputs.intrinsics == "none"  # nothing usable, no camera.*
+    assert inputs.add_camera_info(info(cam_a, 1, k=[0.0] * 9)).startswith("focal length must be positive")
+    assert inputs.add_camera_info(None).startswith("unreadable")  # a message that did not deserialise
+    assert inputs.add_camera_info(SimpleNamespace(header=None)).startswith("unreadable")
+    assert inputs.camera_for(6) is None and inputs.figures()["no_pose"]
+    assert [k for k, _ in warnings].count("no_intrinsics") == 1, "warned once"
+    assert inputs.add_camera_info(info(cam_a, 10)) == "" and inputs.add_camera_info(info(cam_b, 20)) == ""
+    assert inputs.camera_for(10) is not None and inputs.camera_for(10).K[0, 0] == 100  # exact stamp first
+    assert inputs.camera_for(15).K[0, 0] == 200  # else the last usable
+    inputs.add_camera_info(info(cam_a, 30, k=[float("nan")] * 9))
+    assert inputs.camera_for(30).K[0, 0] == 200, "an unusable CameraInfo is not stored"
+    for stamp in range(100, 100 + CAMERA_INFO_HISTORY):
+        inputs.add_camera_info(info(cam_a, stamp))
+    assert inputs.camera_for(20).K[0, 0] == 100, "the oldest left the history: the last usable now"
+    figures = inputs.figures()
+    assert (figures["camera_info_received"], figures["camera_info_rejected"]) == (6 + CAMERA_INFO_HISTORY, 4)
+    assert figures["intrinsics"] == "camera_info" and "no_pose" not in figures
+    with_fallback = FrameInput(validate({"camera.fx": 300.0, "camera.fy": 300.0, "camera.cx": 80.0,
+                                         "camera.cy": 60.0}))
+    with_fallback.add_camera_info(info(cam_a, 1, k=[0.0] * 9))
+    assert with_fallback.camera_for(1).K[0, 0] == 300 and with_fallback.intrinsics == "parameters"
+
+    class Stub:  # a FrontEnd that refuses, or runs out of memory
+        def __init__(self, outcome):
+            self.outcome = outcome
+
+        def process(self, frame, previous_input_stamp_ns=None):
+            if isinstance(self.outcome, BaseException):
+                raise self.outcome
+            return SimpleNamespace(status=self.outcome, frame=frame)
+
+    image = encode_image(np.zeros((120, 160, 3), np.uint8), "rgb8", types, stamp_ns=20, frame_id="c")
+    bad = encode_image(np.zeros((120, 160, 3), np.uint8), "rgb8", types, stamp_ns=21, frame_id="c", step=480)
+    bad.step = 100
+    for msg, frontend in ((image, Stub("repeated_stamp")), (bad, Stub("ok")), (image, Stub(MemoryError("x")))):
+        inputs.receive()
+        assert inputs.process(frontend, msg) is None and not inputs.busy
+    inputs.receive()
+    frame, result = inputs.process(Stub("ok"), image)
+    assert inputs.busy and frame.stamp_ns == 20 and frame.image.shape == (120, 160, 3)
+    assert frame.camera.K[0, 0] == 100  # stamp 20's CameraInfo left the history: the last usable one
+    inputs.finish()
+    with pytest.raises(ZeroDivisionError):  # anything but running out of memory is the adapter's to handle
+        inputs.process(Stub(ZeroDivisionError()), image)
+    c = inputs.counters
+    assert (c.received, c.processed, dict(c.rejected)) == (4, 1, {"repeated_stamp": 1, "bad_step": 1,
+                                                                  "out_of_memory": 1})
+    assert c.received == c.processed + c.rejected_total
+    assert any(k == "bad_step" and t.endswith("[bad_step; 1 so far]") for k, t in warnings)
+
+
 # ----------------------------------------------------------------------------- two-image CLI
 
 
@@ -219,8 +317,8 @@ def test_match_cli_classical_and_errors(image_pair, tmp_path, capsys, monkeypatc
         ((str(tmp_path / "junk.png"), str(b)), "could not be decoded"),
         ((str(a), str(b), "--set", "extractor.max_keypoints=lots"), "parameter 'extractor.max_keypoints'"),
         ((str(a), str(b), "--set", "extractor.nope=1"), "unknown parameter 'extractor.nope'"),
-        ((str(a), str(b), "--set", "extractor.type=sift"), "needs extractor.type superpoint"),
-        ((str(a), str(b), "--set", "extractor.weights=/no/such/dir"), "does not exist"),
+        ((str(a), str(b), "--set", "extractor.type=sift"), "lightglue cannot match sift features"),
+        ((str(a), str(b), "--set", "extractor.weights=/no/such/dir"), "do not exist"),
         ((str(a), str(b), "--set", "device=cuda"), "CUDA is not available"),
         ((str(a), str(b), "--params-file", str(tmp_path / "none.yaml")), "params file not found"),
     ]:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .messages import default_typestore
+from .msg_types import default_typestore, stamp_to_ns
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
@@ -54,12 +54,19 @@ def _pick(reader, wanted: str | None, types: tuple[str, ...], role: str, require
 
 
 @dataclass
-class BagFrame:
+class BagMessage:
+    """One image or CameraInfo message of the bag; ``msg`` is None when it could not be deserialised
+    (``problem`` says why; ``stamp_ns`` is then -1)."""
+
     stamp_ns: int  # header stamp
     log_ns: int  # recorded (receive) time
-    image_msg: object
+    msg: object | None
     msgtype: str
-    camera_info: object | None
+    problem: str = ""
+
+    @property
+    def is_camera_info(self) -> bool:
+        return self.msgtype == CAMERA_INFO_TYPE
 
 
 @dataclass
@@ -72,15 +79,17 @@ class BagStats:
 
 
 class BagFrames:
-    """Iterate a bag's image frames in header-stamp order, each with its CameraInfo.
+    """Iterate a bag's image and CameraInfo messages in header-stamp order (``BagMessage``), each
+    CameraInfo before the image with the same stamp: the order a live node sees them in.
 
-    Bags are written in receive order; we reorder within a window of ``window`` frames, which
+    Bags are written in receive order; we reorder within a window of ``window`` messages, which
     covers transport jitter. A stamp jump backwards larger than ``discontinuity_ns`` (a bag made of
-    loops) flushes the window so the pipeline sees the discontinuity and resets.
+    loops) flushes the window so the pipeline sees the discontinuity and resets. A message that
+    cannot be deserialised is yielded at once, with ``msg`` None (the consumer counts it).
     """
 
     def __init__(self, path: str | Path, image_topic: str | None = None, camera_info_topic: str | None = None,
-                 window: int = 32, discontinuity_ns: int = 2_000_000_000):
+                 window: int = 64, discontinuity_ns: int = 2_000_000_000):
         self.path = Path(path)
         self.reader = open_reader(path)
         self.image_topic = _pick(self.reader, image_topic, IMAGE_TYPES, "image", True)
@@ -101,60 +110,52 @@ class BagFrames:
     def __exit__(self, *exc):
         self.close()
 
-    def _deserialize(self, raw: bytes, msgtype: str):
+    def _deserialize(self, raw: bytes, msgtype: str) -> tuple[object | None, str]:
         try:
-            return self.typestore.deserialize_cdr(raw, msgtype)
+            return self.typestore.deserialize_cdr(raw, msgtype), ""
         except Exception as exc:
             self.stats.corrupt += 1
             reason = type(exc).__name__
             self.stats.corrupt_reasons[reason] = self.stats.corrupt_reasons.get(reason, 0) + 1
-            return None
+            return None, reason
 
-    def __iter__(self) -> Iterator[BagFrame]:
+    def __iter__(self) -> Iterator[BagMessage]:
         connections = [c for c in self.reader.connections if c.topic in (self.image_topic, self.camera_info_topic)]
-        infos: dict[int, object] = {}
-        latest_info = None
-        heap: list[tuple[int, int, BagFrame]] = []
+        heap: list[tuple[int, int, int, BagMessage]] = []  # (stamp, 0 = CameraInfo / 1 = image, order, message)
         newest_stamp = None
         order = 0
         try:
             messages = self.reader.messages(connections=connections)
             for connection, log_ns, raw in messages:
-                msg = self._deserialize(raw, connection.msgtype)
-                if msg is None:
-                    continue
-                stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-                if connection.topic == self.camera_info_topic:
+                is_info = connection.topic == self.camera_info_topic
+                if is_info:
                     self.stats.camera_infos += 1
-                    infos[stamp] = msg
-                    latest_info = msg
-                    while len(infos) > 4 * self.window:
-                        infos.pop(next(iter(infos)))
+                else:
+                    self.stats.images += 1
+                msg, problem = self._deserialize(raw, connection.msgtype)
+                if msg is None:
+                    yield BagMessage(-1, log_ns, None, connection.msgtype, problem)
                     continue
-                self.stats.images += 1
+                stamp = stamp_to_ns(msg.header.stamp)
                 if newest_stamp is not None and stamp < newest_stamp - self.discontinuity_ns:
                     while heap:  # discontinuity: emit what came before it first
-                        yield self._finish(heapq.heappop(heap)[2], infos, latest_info)
+                        yield heapq.heappop(heap)[3]
                     newest_stamp = None
-                elif newest_stamp is not None and stamp < newest_stamp:
+                elif newest_stamp is not None and stamp < newest_stamp and not is_info:
                     self.stats.reordered += 1
                 newest_stamp = stamp if newest_stamp is None else max(newest_stamp, stamp)
-                heapq.heappush(heap, (stamp, order, BagFrame(stamp, log_ns, msg, connection.msgtype, None)))
+                heapq.heappush(heap, (stamp, int(not is_info), order,
+                                      BagMessage(stamp, log_ns, msg, connection.msgtype)))
                 order += 1
                 if len(heap) > self.window:
-                    yield self._finish(heapq.heappop(heap)[2], infos, latest_info)
+                    yield heapq.heappop(heap)[3]
         except Exception as exc:
             if isinstance(exc, GeneratorExit):
                 raise
             raise BagError(f"bag '{self.path}' is unreadable after {self.stats.images} images: "
                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__} (truncated?)") from None
         while heap:
-            yield self._finish(heapq.heappop(heap)[2], infos, latest_info)
-
-    @staticmethod
-    def _finish(frame: BagFrame, infos: dict, latest_info) -> BagFrame:
-        frame.camera_info = infos.get(frame.stamp_ns, latest_info)
-        return frame
+            yield heapq.heappop(heap)[3]
 
 
 class BagWriter:

@@ -1,11 +1,8 @@
-"""CameraInfo / parameters → CameraModel, and stamp conversion (duck-typed: rclpy or rosbags messages)."""
+"""CameraInfo / ``camera.*`` parameters → CameraModel, and CameraModel → CameraInfo (duck-typed:
+rclpy or rosbags messages)."""
 from __future__ import annotations
 
 import numpy as np
-
-
-def stamp_to_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 def camera_from_info(msg):
@@ -34,7 +31,7 @@ def camera_from_params(flat: dict):
 
 
 def camera_info_message(types, camera, stamp_ns: int, frame_id: str):
-    """CameraModel → sensor_msgs/CameraInfo (either message flavour, via a messages.MessageFactory)."""
+    """CameraModel → sensor_msgs/CameraInfo (either message flavour, via a msg_types.MessageFactory)."""
     K = np.asarray(camera.K, dtype=np.float64).reshape(3, 3)
     P = np.zeros((3, 4))
     P[:, :3] = K

@@ -57,9 +57,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .msg_types import factory_for, ns_to_stamp, stamp_to_ns
+
 __all__ = [
     "ImageDecodeError", "ENCODINGS", "MAX_PIXELS", "MAX_STEP", "decode_image", "decode_compressed",
-    "to_gray_or_rgb_uint8", "encode_image", "encode_compressed", "image_header",
+    "to_gray_or_rgb_uint8", "encode_image", "encode_compressed",
 ]
 
 MAX_PIXELS = 100_000_000  # refuse anything larger (a 100 Mpixel frame is not a camera stream)
@@ -159,12 +161,6 @@ def _as_bytes(data: Any) -> np.ndarray:
         return np.frombuffer(view.cast("B") if view.ndim != 1 or view.itemsize != 1 else view, np.uint8)
     except (TypeError, ValueError, OverflowError) as exc:
         raise ImageDecodeError("bad_field", f"data is not bytes-like ({exc})"[:120]) from None
-
-
-def image_header(msg: Any) -> tuple[int, str]:
-    """(stamp_ns, frame_id) of any message with a std_msgs/Header (duck-typed)."""
-    header = msg.header
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec), str(header.frame_id)
 
 
 def _rows(buf: np.ndarray, height: int, step: int, row_bytes: int) -> np.ndarray:
@@ -466,21 +462,15 @@ def to_gray_or_rgb_uint8(array: np.ndarray, encoding: str = "", *, bit_depth: in
 
 def _header_fields(header: Any, stamp_ns: int | None, frame_id: str | None) -> tuple[int, str]:
     if header is not None:
-        stamp = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+        stamp = stamp_to_ns(header.stamp)
         frame = str(header.frame_id)
     else:
         stamp, frame = 0, ""
     return (stamp if stamp_ns is None else int(stamp_ns)), (frame if frame_id is None else str(frame_id))
 
 
-def _resolve_factory(msg_cls_or_factory: Any):
-    from glue_ros.ros.messages import factory_for  # local import: messages imports this module
-
-    return factory_for(msg_cls_or_factory)
-
-
 def _namespace_header(stamp_ns: int, frame_id: str) -> SimpleNamespace:
-    sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    sec, nanosec = ns_to_stamp(stamp_ns)
     return SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec), frame_id=frame_id)
 
 
@@ -526,7 +516,7 @@ def encode_image(array: np.ndarray, encoding: str, msg_cls_or_factory: Any = Non
     fields = dict(height=height, width=width, encoding=encoding, is_bigendian=int(bool(bigendian)), step=step)
     if msg_cls_or_factory is None:
         return SimpleNamespace(header=_namespace_header(stamp, frame), data=data.tobytes(), **fields)
-    factory = _resolve_factory(msg_cls_or_factory)
+    factory = factory_for(msg_cls_or_factory)
     return factory.new("sensor_msgs/msg/Image", header=factory.header(stamp, frame),
                        data=factory.uint8_seq(data), **fields)
 
@@ -562,6 +552,6 @@ def encode_compressed(array: np.ndarray, fmt: str = "jpeg", msg_cls_or_factory: 
     stamp, frame = _header_fields(header, stamp_ns, frame_id)
     if msg_cls_or_factory is None:
         return SimpleNamespace(header=_namespace_header(stamp, frame), format=format_string, data=data.tobytes())
-    factory = _resolve_factory(msg_cls_or_factory)
+    factory = factory_for(msg_cls_or_factory)
     return factory.new("sensor_msgs/msg/CompressedImage", header=factory.header(stamp, frame),
                        format=format_string, data=factory.uint8_seq(data))

@@ -1,13 +1,18 @@
 """FrameResult → the node's output messages, shared by the live node and the offline replay so both
-publish exactly the same types, fields and stamps."""
+publish exactly the same types, fields and stamps; and the ``~/debug_image`` builder."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Mapping
 
 import numpy as np
 
+from ..geometry import CameraModel, normalize_points
 from ..results import FrameResult
-from . import messages
+from ..viz import draw_matches_on_frame
+from .image_codec import encode_image, to_gray_or_rgb_uint8
+from .messages import build_keyframe, build_matches, build_relative_pose
+from .msg_types import MessageFactory
+from .vins import build_features
 
 # Topic suffixes under the node's private namespace (~/...), with their message types.
 OUTPUT_TOPICS: dict[str, str] = {
@@ -17,34 +22,63 @@ OUTPUT_TOPICS: dict[str, str] = {
     "features": "sensor_msgs/msg/PointCloud",
     "debug_image": "sensor_msgs/msg/Image",
 }
-DIAGNOSTICS_TOPIC = ("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray")
 
 
-def frame_outputs(result: FrameResult, types, frame_id: str, *,
-                  normalizer: Callable[[np.ndarray], np.ndarray] | None = None,
-                  image: np.ndarray | None = None, features_options: dict | None = None
-                  ) -> list[tuple[str, object]]:
-    """(topic suffix, message) pairs for one processed frame, all stamped with the frame's stamp.
+def frame_outputs(result: FrameResult, types: MessageFactory, params: Mapping[str, Any], *,
+                  camera: CameraModel | None = None, debug_image: np.ndarray | None = None,
+                  backend: str = "") -> list[tuple[str, object]]:
+    """(topic suffix, message) pairs for one processed frame, all stamped with the frame's stamp and
+    framed in ``output.frame_id`` (empty: the image's frame_id).
 
-    ``normalizer`` (pixels → normalised camera coordinates) enables ``features``; ``image`` enables
-    ``debug_image``. ``features_options``: layout / num_cameras / camera_id of ``features``.
+    ``~/features`` when ``output.features`` is set and the frame had intrinsics (``camera``);
+    ``~/debug_image`` when ``debug_image`` (the decoded frame) is given, titled ``backend``.
     """
-    header = messages.make_header(types, result.stamp_ns, frame_id)
-    out: list[tuple[str, object]] = [("matches", messages.matches_cloud(result, types, header))]
-    pose = result.pose
-    if pose is not None and pose.valid:
-        out.append(("relative_pose", messages.relative_pose(result, types, header)))
-    if result.keyframe.is_keyframe:
-        out.append(("keyframes", messages.keyframe_cloud(result, types, header)))
-    if normalizer is not None:
-        out.append(("features", messages.features_cloud(result, types, header, normalizer,
-                                                                **(features_options or {}))))
-    if image is not None:
-        out.append(("debug_image", messages.debug_image(result, image, types, header)))
+    frame_id = params["output.frame_id"] or result.frame_id
+    out: list[tuple[str, object]] = [("matches", build_matches(types, result, frame_id))]
+    pose = build_relative_pose(types, result, frame_id)
+    if pose is not None:
+        out.append(("relative_pose", pose))
+    keyframe = build_keyframe(types, result, frame_id)
+    if keyframe is not None:
+        out.append(("keyframes", keyframe))
+    if params["output.features"] and camera is not None:
+        out.append(("features", build_features(
+            types, result, lambda pts: normalize_points(pts, camera), layout=params["output.features_layout"],
+            num_cameras=params["output.features_num_cameras"], camera_id=params["output.features_camera_id"],
+            frame_id=frame_id)))
+    if debug_image is not None:
+        out.append(("debug_image", build_debug_image(types, debug_image, result, frame_id=frame_id,
+                                                     backend=backend)))
     return out
 
 
-def features_options(flat: dict) -> dict:
-    """The ~/features builder options from the flat parameters."""
-    return {"layout": flat["output.features_layout"], "num_cameras": flat["output.features_num_cameras"],
-            "camera_id": flat["output.features_camera_id"]}
+def build_debug_image(factory: MessageFactory, image: np.ndarray, result: FrameResult, *, max_keyframes: int = 1,
+                      encoding: str = "", frame_id: str | None = None, backend: str = "") -> Any:
+    """``~/debug_image``: bgr8 Image of the current frame with its matches to the newest
+    ``max_keyframes`` keyframes drawn by ``glue_ros.viz.draw_matches_on_frame`` (inliers by score,
+    outliers red, at most 150 drawn, a legend with ``backend``, counts, timings, the pose status and
+    keyframe events). Build it only when someone subscribes. ``image``: the decoded frame (any
+    ``decode_image`` output; normalised with ``to_gray_or_rgb_uint8(image, encoding)``)."""
+    shown = result.matches[:max(0, int(max_keyframes))]
+    notes = []
+    for km in shown:
+        status = "ok" if km.pose.valid else km.pose.reason
+        notes.append(f"keyframe {km.keyframe_id}: {len(km)} matches, pose {status}")
+    if result.keyframe.is_keyframe:
+        notes.append(f"new keyframe {result.keyframe.keyframe_id} ({result.keyframe.reason})")
+    if not shown:
+        notes.append(f"{len(result.keypoints)} keypoints, no keyframe matched")
+
+    def stacked(name: str, dtype, width: int | None = None) -> np.ndarray:
+        parts = [np.asarray(getattr(km, name), dtype).reshape((-1, width) if width else -1) for km in shown]
+        return np.concatenate(parts) if parts else np.zeros((0, width) if width else 0, dtype)
+
+    inliers = [np.asarray(km.inliers, bool).reshape(-1) for km in shown]
+    inliers = [inl if inl.size == len(km) else np.zeros(len(km), bool) for inl, km in zip(inliers, shown)]
+    canvas = draw_matches_on_frame(
+        to_gray_or_rgb_uint8(image, encoding), stacked("points_keyframe", np.float32, 2),
+        stacked("points_frame", np.float32, 2), stacked("scores", np.float32),
+        inliers=np.concatenate(inliers) if inliers else np.zeros(0, bool), keypoints=result.keypoints,
+        title=backend, timings_ms=result.timings_ms, notes=notes)
+    return encode_image(canvas, "bgr8", factory, stamp_ns=result.stamp_ns,
+                        frame_id=result.frame_id if frame_id is None else frame_id)

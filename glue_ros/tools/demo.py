@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         import numpy as np
 
         from ..evaluation import evaluate_sequence
-        from ..viz import draw_side_by_side
+        from ..viz import draw_matches
         from .make_bag import make_synthetic_bag
         from .replay import replay_offline
 
@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         frame = next((r for r in results[10:] if r.matches), None) or next(r for r in results if r.matches)
         m = frame.matches[0]
         index = {s: i for i, s in enumerate(seq.stamps_ns)}
-        picture = draw_side_by_side(seq.images[index[m.keyframe_stamp_ns]], seq.images[index[frame.stamp_ns]],
-                                    m.points_keyframe, m.points_frame, m.scores,
-                                    text=f"{backend}: {len(m)} matches, {int(m.inliers.sum())} inliers")
+        picture = draw_matches(seq.images[index[m.keyframe_stamp_ns]], seq.images[index[frame.stamp_ns]],
+                               m.points_keyframe, m.points_frame, m.scores, inliers=m.inliers, title=backend,
+                               timings_ms=frame.timings_ms,
+                               notes=[f"keyframe {m.keyframe_id} (left) -> frame {index[frame.stamp_ns]} (right)"])
         cv2.imwrite(str(out / "matches.png"), picture)
         print(f"[4/4] wrote {out / 'matches.png'}, {out / 'output_bag'} (open it in Foxglove), "
               f"{out / 'groundtruth.txt'}")

@@ -20,7 +20,8 @@ from .common import CliError, run_cli
 def poses_from_bag(bag: str | Path, namespace_hint: str = "") -> list[tuple[int, int, object]]:
     """(keyframe stamp, frame stamp, pose) triples from a glue_ros output bag."""
     from ..ros.bag_io import open_reader
-    from ..ros.messages import RosbagsTypes, decode_matches, decode_relative_pose, pose_keyframe
+    from ..ros.messages import decode_matches, decode_relative_pose, pose_keyframe
+    from ..ros.msg_types import RosbagsTypes
 
     reader = open_reader(bag)
     try:

@@ -38,7 +38,7 @@ def write_bag(path: str | Path, frames: Iterable[tuple[int, np.ndarray]], camera
     from ..ros.bag_io import BagWriter
     from ..ros.camera_info import camera_info_message
     from ..ros.image_codec import encode_compressed, encode_image
-    from ..ros.messages import RosbagsTypes
+    from ..ros.msg_types import RosbagsTypes
 
     count = 0
     with BagWriter(path, storage) as writer:

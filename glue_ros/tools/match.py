@@ -77,13 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.image:
             import cv2
 
-            from ..viz import draw_side_by_side
+            from ..viz import draw_matches
 
             m = np.asarray(result["matches"], np.int64).reshape(-1, 2)
             k0 = np.asarray(result["keypoints0"], np.float32).reshape(-1, 2)
             k1 = np.asarray(result["keypoints1"], np.float32).reshape(-1, 2)
-            picture = draw_side_by_side(image0, image1, k0[m[:, 0]], k1[m[:, 1]], np.asarray(result["scores"]),
-                                        k0, k1, f"{result['extractor']}+{result['matcher']}: {len(m)} matches")
+            picture = draw_matches(image0, image1, k0[m[:, 0]], k1[m[:, 1]], np.asarray(result["scores"]),
+                                   keypoints0=k0, keypoints1=k1, title=f"{result['extractor']} + {result['matcher']}"
+                                   f" on {result['device']}", timings_ms=result["timing_ms"])
             if not cv2.imwrite(args.image, picture):
                 raise CliError(f"could not write picture '{args.image}'")
         stop = f", stop layer {result['stop_layer']}" if result["stop_layer"] >= 0 else ""

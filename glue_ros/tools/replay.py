@@ -3,9 +3,11 @@
 Offline (no rclpy needed):
     glue-ros-replay INPUT_BAG --output OUTPUT_BAG [--params-file F] [--set N=V ...]
                     [--image-topic T] [--camera-info-topic T]
-Every image is processed in stamp order, none dropped; the output mcap bag holds the node's
-topics (~/matches, ~/relative_pose, ~/keyframes, [~/features], /diagnostics) with the node's
-message types and the input stamps.
+Every image is processed in stamp order, none dropped, through the node's own input path
+(glue_ros.ros.frame_input: the same decoding, intrinsics rule — exact-stamp CameraInfo, else the
+last usable one, else camera.* — and counters); the output mcap bag holds the node's topics
+(~/matches, ~/relative_pose, ~/keyframes, [~/features], /diagnostics) with the node's message types
+and the input stamps.
 
 Timed publish into a running graph (like `ros2 bag play`):
     glue-ros-replay INPUT_BAG --publish [--rate R] [--clock]
@@ -16,7 +18,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +28,14 @@ from .common import CliError, add_param_args, params_from_args, run_cli
 
 @dataclass
 class ReplaySummary:
-    frames: int = 0
+    frames: int = 0  # image messages in the bag (corrupt ones included)
     processed: int = 0
     keyframes: int = 0
     resets: int = 0
-    skipped: int = 0
+    skipped: int = 0  # frames without output (sum of ``rejected``)
+    rejected: dict[str, int] = field(default_factory=dict)  # reason → frames
+    camera_info_received: int = 0
+    camera_info_rejected: int = 0  # unusable CameraInfo (NaN / zero K, corrupt): ignored, as the node does
     matches_per_frame: float = 0.0
     inlier_ratio: float = 0.0
     valid_poses: int = 0
@@ -40,8 +45,10 @@ class ReplaySummary:
 
     def lines(self) -> list[str]:
         stop = f", LightGlue mean stop layer {self.mean_stop_layer:.2f}" if self.mean_stop_layer >= 0 else ""
-        return [f"frames {self.frames} (processed {self.processed}, skipped {self.skipped}), keyframes "
-                f"{self.keyframes}, resets {self.resets}",
+        why = f" ({', '.join(f'{k} {v}' for k, v in sorted(self.rejected.items()))})" if self.rejected else ""
+        info = f", {self.camera_info_rejected} unusable CameraInfo ignored" if self.camera_info_rejected else ""
+        return [f"frames {self.frames} (processed {self.processed}, skipped {self.skipped}{why}), keyframes "
+                f"{self.keyframes}, resets {self.resets}{info}",
                 f"matches/frame {self.matches_per_frame:.1f}, inlier ratio {self.inlier_ratio:.3f}, valid poses "
                 f"{self.valid_poses}{stop}",
                 f"{self.ms_per_frame:.1f} ms/frame ({self.frames_per_s:.1f} frames/s)"]
@@ -51,67 +58,57 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
                    camera_info_topic: str | None = None, namespace: str = "", storage: str = "mcap",
                    progress: bool = True, results: list | None = None, diagnostics_every: int = 30,
                    observer=None) -> ReplaySummary:
-    """``observer(frontend, result)``, if given, is called after each processed frame (soak tests
+    """Every image of the bag through the node's input path (``FrameInput``: decode, intrinsics,
+    Frame, pipeline, counters) and output builders, in stamp order, none dropped.
+
+    ``observer(frontend, result)``, if given, is called after each processed frame (soak tests
     watch the pipeline's memory bounds through it)."""
     from ..config import FrontEndConfig
     from ..device import describe
-    from ..frontend import Frame, FrontEnd
-    from ..geometry import normalize_points
-    from ..ros import image_codec
+    from ..frontend import FrontEnd
     from ..ros.bag_io import BagFrames, BagWriter
-    from ..ros.camera_info import camera_from_info, camera_from_params
+    from ..ros.diagnostics import DIAGNOSTICS_TOPIC, build_diagnostics
+    from ..ros.frame_input import FrameInput
     from ..ros.launch_args import NODE_NAME
-    from ..ros.messages import RosbagsTypes, diagnostics
-    from ..ros.outputs import DIAGNOSTICS_TOPIC, OUTPUT_TOPICS, features_options, frame_outputs
+    from ..ros.msg_types import RosbagsTypes
+    from ..ros.outputs import OUTPUT_TOPICS, frame_outputs
 
-    fallback_camera = camera_from_params(params)
     prefix = "/" + "/".join(p for p in (namespace.strip("/"), NODE_NAME) if p) + "/"
     summary = ReplaySummary()
     matches_total = inliers_total = 0
     stop_layers: list[int] = []
-    skipped: dict[str, int] = {}
+    inputs = FrameInput(params)
+    counts = inputs.counters
     t_start = time.perf_counter()
-    with BagFrames(input_bag, image_topic, camera_info_topic) as frames:
+    with BagFrames(input_bag, image_topic, camera_info_topic) as bag:
         if Path(output_bag).exists():  # checked before loading models: fail fast
             raise CliError(f"output bag '{output_bag}' already exists (remove it or choose another --output)")
         frontend = FrontEnd(FrontEndConfig.from_flat(params), on_reset=lambda reason: None)
+        backend = f"{frontend.config.extractor.type} + {frontend.config.matcher.type}"
         with BagWriter(output_bag, storage) as writer:
             types = RosbagsTypes(writer.typestore)
-            bar = _progress(frames.expected_images, progress)
+            bar = _progress(bag.expected_images, progress)
             try:
-                for bag_frame in frames:
-                    summary.frames += 1
+                for item in bag:
+                    if item.is_camera_info:
+                        inputs.add_camera_info(item.msg)
+                        continue
+                    inputs.receive()
                     bar.update(1)
-                    try:
-                        if bag_frame.msgtype.endswith("CompressedImage"):
-                            image = image_codec.decode_compressed(bag_frame.image_msg)
-                        else:
-                            image = image_codec.decode_image(bag_frame.image_msg)
-                        image = image_codec.to_gray_or_rgb_uint8(image, getattr(bag_frame.image_msg, "encoding", ""),
-                                                                 bit_depth=params["input.bit_depth"] or None)
-                    except image_codec.ImageDecodeError as exc:
-                        skipped[exc.reason] = skipped.get(exc.reason, 0) + 1
+                    if item.msg is None:
+                        inputs.reject("corrupt_message")
                         continue
-                    camera = camera_from_info(bag_frame.camera_info) if bag_frame.camera_info is not None \
-                        else fallback_camera
-                    if camera is not None and camera.problem():
-                        skipped["bad_camera_info"] = skipped.get("bad_camera_info", 0) + 1
-                        camera = None
-                    result = frontend.process(Frame(image, bag_frame.stamp_ns, bag_frame.image_msg.header.frame_id,
-                                                    camera))
-                    if result.status not in ("ok", "no_features"):
-                        skipped[result.status] = skipped.get(result.status, 0) + 1
+                    accepted = inputs.process(frontend, item.msg)
+                    if accepted is None:
                         continue
-                    summary.processed += 1
+                    frame, result = accepted
+                    for suffix, msg in frame_outputs(result, types, params, camera=frame.camera, backend=backend):
+                        writer.write(prefix + suffix, OUTPUT_TOPICS[suffix], msg, result.stamp_ns)
+                    inputs.finish()
                     if results is not None:
                         results.append(result)
                     if observer is not None:
                         observer(frontend, result)
-                    normalizer = (lambda pts, cam=camera: normalize_points(pts, cam)) \
-                        if params["output.features"] and camera is not None else None
-                    for suffix, msg in frame_outputs(result, types, params["output.frame_id"] or result.frame_id,
-                                                     normalizer=normalizer, features_options=features_options(params)):
-                        writer.write(prefix + suffix, OUTPUT_TOPICS[suffix], msg, result.stamp_ns)
                     newest = result.matches[0] if result.matches else None
                     if newest is not None:
                         matches_total += len(newest)
@@ -120,23 +117,22 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
                     if result.stop_layer >= 0:
                         stop_layers.append(result.stop_layer)
                     bar.set_postfix_str(f"kf {frontend.stats.keyframes} matches {len(newest) if newest else 0}")
-                    if diagnostics_every and summary.processed % diagnostics_every == 0:
+                    if diagnostics_every and counts.processed % diagnostics_every == 0:
                         elapsed = time.perf_counter() - t_start
-                        figures = {"frames_processed": summary.processed, "keyframes": frontend.stats.keyframes,
-                                   "resets": frontend.stats.resets, "frames_rejected": sum(skipped.values()),
-                                   **{f"rejected.{k}": v for k, v in sorted(skipped.items())},
-                                   "processed_rate_hz": summary.processed / max(elapsed, 1e-9),
+                        figures = {**inputs.figures(), "processed_rate_hz": counts.processed / max(elapsed, 1e-9),
+                                   "keyframes": frontend.stats.keyframes, "resets": frontend.stats.resets,
                                    "matches": len(newest) if newest else 0, "lightglue_stop_layer": result.stop_layer,
                                    "device": describe(frontend.device)}
                         writer.write(DIAGNOSTICS_TOPIC[0], DIAGNOSTICS_TOPIC[1],
-                                     diagnostics(figures, types, result.stamp_ns,
-                                                 name=prefix.rstrip("/") + ": front-end",
-                                                 hardware_id=figures["device"]), result.stamp_ns)
+                                     build_diagnostics(types, result.stamp_ns, figures, hardware_id=figures["device"],
+                                                       name=prefix.rstrip("/") + ": front-end"), result.stamp_ns)
             finally:
                 bar.close()
-        skipped_corrupt = frames.stats.corrupt
     elapsed = time.perf_counter() - t_start
-    summary.skipped = sum(skipped.values()) + skipped_corrupt
+    summary.frames, summary.processed = counts.received, counts.processed
+    summary.skipped, summary.rejected = counts.rejected_total, dict(sorted(counts.rejected.items()))
+    summary.camera_info_received, summary.camera_info_rejected = counts.camera_info_received, \
+        counts.camera_info_rejected
     summary.keyframes = frontend.stats.keyframes
     summary.resets = frontend.stats.resets
     summary.matches_per_frame = matches_total / max(summary.processed - 1, 1)
@@ -145,7 +141,7 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
     summary.ms_per_frame = elapsed * 1e3 / max(summary.frames, 1)
     summary.frames_per_s = summary.frames / max(elapsed, 1e-9)
     if summary.frames == 0:
-        raise CliError(f"no image messages on '{frames.image_topic}' in '{input_bag}' (empty bag?)")
+        raise CliError(f"no image messages on '{bag.image_topic}' in '{input_bag}' (empty bag?)")
     return summary
 
 
@@ -158,34 +154,23 @@ def _progress(total: int, enabled: bool):
 def publish_timed(input_bag: str, rate: float = 1.0, clock: bool = False, image_topic: str | None = None,
                   camera_info_topic: str | None = None, loop: bool = False) -> int:
     """Publish the bag's image and camera_info topics with their recorded timing (rclpy needed)."""
-    import importlib
-
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
-    from rclpy.serialization import deserialize_message
 
     from ..ros.bag_io import BagFrames
+    from ..ros.msg_types import RclpyTypes
 
+    types = RclpyTypes()
     with BagFrames(input_bag, image_topic, camera_info_topic) as source:
         topics = [t for t in (source.image_topic, source.camera_info_topic) if t]
         msgtypes = {c.topic: c.msgtype for c in source.reader.connections if c.topic in topics}
         connections = [c for c in source.reader.connections if c.topic in topics]
 
-        def message_class(msgtype: str):
-            package, _, name = msgtype.split("/")
-            return getattr(importlib.import_module(f"{package}.msg"), name)
-
         rclpy.init()
         node = rclpy.create_node("glue_ros_replay")
         try:
-            publishers = {t: node.create_publisher(message_class(msgtypes[t]), t, qos_profile_sensor_data)
-                          for t in topics}
-            classes = {t: message_class(msgtypes[t]) for t in topics}
-            clock_pub = None
-            if clock:
-                from rosgraph_msgs.msg import Clock
-
-                clock_pub = node.create_publisher(Clock, "/clock", 10)
+            publishers = {t: node.create_publisher(types.get(msgtypes[t]), t, qos_profile_sensor_data) for t in topics}
+            clock_pub = node.create_publisher(types.get("rosgraph_msgs/msg/Clock"), "/clock", 10) if clock else None
             # Give discovery up to 2 s to match a subscriber, so the first frames are not lost.
             deadline = time.monotonic() + 2.0
             while node.count_subscribers(source.image_topic) == 0 and time.monotonic() < deadline:
@@ -204,12 +189,8 @@ def publish_timed(input_bag: str, rate: float = 1.0, clock: bool = False, image_
                             break
                         time.sleep(min(wait, 0.01))
                     if clock_pub is not None:
-                        from rosgraph_msgs.msg import Clock
-
-                        stamp = Clock()
-                        stamp.clock.sec, stamp.clock.nanosec = divmod(int(log_ns), 1_000_000_000)
-                        clock_pub.publish(stamp)
-                    publishers[connection.topic].publish(deserialize_message(raw, classes[connection.topic]))
+                        clock_pub.publish(types.new("rosgraph_msgs/msg/Clock", clock=types.time(log_ns)))
+                    publishers[connection.topic].publish(types.deserialize(raw, msgtypes[connection.topic]))
                     count += 1
                 if not loop:
                     break
