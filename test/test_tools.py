@@ -379,13 +379,18 @@ def test_eval_pairs_on_synthetic_pairs(tmp_path):
 # ----------------------------------------------------------------------------- demo
 
 
-def test_demo_runs_offline_on_the_classical_fallback(tmp_path):
-    result = cli("demo", "--output", str(tmp_path / "demo"), "--frames", "16",
+def test_demo_runs_real_learned_weights_offline(tmp_path):
+    """Without the SuperPoint hub weights the demo says so in one note and runs XFeat + LighterGlue with
+    the real packaged weights: learned matches and an accurate pose on the synthetic ground truth."""
+    result = cli("demo", "--output", str(tmp_path / "demo"), "--frames", "12",
                  env={"HF_HUB_CACHE": str(tmp_path / "no_cache")}, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     text = result.stdout
-    assert "NOTE: the learned models cannot run here" in text and "hf download" in text
-    assert "sift + nn" in text and "rotation error median" in text
+    assert "NOTE: weights 'magic-leap-community/superpoint' are not available" in text and "hf download" in text
+    assert "profile xfeat_lighterglue" in text and "(xfeat + lightglue)" in text
+    median = float(text.split("rotation error median ")[1].split(" deg")[0])
+    valid, pairs = (int(x) for x in text.split(" valid poses of ")[0].split()[-1:] + [text.split(" valid poses of ")[1].split(":")[0]])
+    assert median < 0.5 and valid >= pairs - 1, text  # real weights: sub-degree rotation on every pair
     for name in ("input_bag", "output_bag", "matches.png", "groundtruth.txt"):
         assert (tmp_path / "demo" / name).exists(), name
     assert "/glue_ros_matcher/matches" in read_bag(tmp_path / "demo" / "output_bag")

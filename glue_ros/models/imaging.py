@@ -24,7 +24,10 @@ def to_float(image: ImageLike, device: torch.device, rgb: bool) -> torch.Tensor:
     if isinstance(image, np.ndarray):
         if image.dtype == np.uint16:  # torch's uint16 support is thin; convert here
             image = image.astype(np.float32) / 65535
-        image = torch.from_numpy(np.ascontiguousarray(image))
+        image = np.ascontiguousarray(image)
+        if not image.flags.writeable:  # e.g. decoded from a message buffer; torch wants writable memory
+            image = image.copy()
+        image = torch.from_numpy(image)
     t = image.to(device)
     if t.dtype == torch.uint8:
         t = t.float() / 255
