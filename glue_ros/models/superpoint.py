@@ -26,7 +26,6 @@ import contextlib
 import dataclasses
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
