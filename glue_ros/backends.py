@@ -77,6 +77,10 @@ def build(config: FrontEndConfig, device: torch.device, dtype: torch.dtype, *, e
           matcher: Matcher | None = None) -> Backend:
     """Extractor and matcher for ``config`` (either may be given ready-made), checked to fit together."""
     check_types(config.extractor, config.matcher)
+    if extractor is None or matcher is None:
+        from .models.weights import check_available
+
+        check_available(config)  # every missing hub repo in one fast error, before loading anything
     extractor = extractor or build_extractor(config.extractor, device, dtype)
     matcher = matcher or build_matcher(config.matcher, extractor.features, device, dtype)
     check_pair(extractor, matcher)

@@ -448,20 +448,29 @@ def _stamp_str(stamp_ns: int) -> str:
     return f"{sign}{s}.{ns:09d}"
 
 
-def _parse_stamp(text: str) -> int:
-    """Decimal seconds → integer nanoseconds, exactly (no float rounding) when possible."""
+def parse_stamp(text: str) -> int:
+    """Decimal seconds (a TUM ``rgb.txt`` / trajectory stamp) → integer nanoseconds, exactly: the digit
+    string is split at "." and the fraction padded / truncated to 9 digits, so "1341847980.722988" is
+    1341847980722988000 (float parsing gives ...722987776). Exponent forms ("1.5e9") are read exactly
+    with Decimal. ValueError for anything that is not a finite decimal number."""
     text = text.strip()
+    sign, body = (-1, text[1:]) if text.startswith("-") else (1, text.removeprefix("+"))
+    whole, dot, frac = body.partition(".")
+    if (whole or frac) and (not whole or whole.isdigit()) and (not frac or frac.isdigit()) and \
+            whole.isascii() and frac.isascii():
+        return sign * (int(whole or "0") * 10**9 + int((frac + "000000000")[:9]))
+    from decimal import ROUND_DOWN, Decimal, InvalidOperation
+
     try:
-        negative = text.startswith("-")
-        whole, _, frac = text.lstrip("+-").partition(".")
-        if not (whole or frac) or not (whole or "0").isdigit() or (frac and not frac.isdigit()):
-            raise ValueError
-        ns = int(whole or 0) * 10**9 + int((frac + "000000000")[:9])
-        if len(frac) > 9 and frac[9] >= "5":
-            ns += 1
-        return -ns if negative else ns
-    except ValueError:
-        return int(round(float(text) * 1e9))
+        value = Decimal(text)
+    except InvalidOperation:
+        raise ValueError(f"'{text}' is not a time stamp (decimal seconds)") from None
+    if not value.is_finite():
+        raise ValueError(f"'{text}' is not a time stamp (decimal seconds)")
+    return int((value * 10**9).to_integral_value(rounding=ROUND_DOWN))
+
+
+_parse_stamp = parse_stamp  # the name this module used before
 
 
 def write_tum_trajectory(path: str | Path, stamps_ns: Sequence[int], poses: Sequence[np.ndarray]) -> None:
@@ -490,7 +499,7 @@ def read_tum_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         T = np.eye(4)
         T[:3, :3] = matrix_from_quaternion(values[3:])
         T[:3, 3] = values[:3]
-        stamps.append(_parse_stamp(fields[0]))
+        stamps.append(parse_stamp(fields[0]))
         poses.append(T)
     return np.array(stamps, dtype=np.int64), np.array(poses).reshape(-1, 4, 4)
 

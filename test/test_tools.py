@@ -14,9 +14,11 @@ import pytest
 
 from glue_ros.config import validate
 from glue_ros.ros.bag_io import open_reader
+from glue_ros.ros.diagnostics import decode_diagnostics
 from glue_ros.ros.messages import decode_keyframe, decode_matches, decode_relative_pose, pose_keyframe
 from glue_ros.ros.msg_types import RosbagsTypes
-from glue_ros.synthetic import render_sequence
+from glue_ros.ros.visual import decode_image_marker, decode_path, decode_tf
+from glue_ros.synthetic import parse_stamp, render_sequence
 from glue_ros.tools.make_bag import BagLayout, make_synthetic_bag
 from glue_ros.tools.replay import replay_offline
 
@@ -75,12 +77,106 @@ def test_replay_bag_round_trip_is_complete_and_deterministic(tmp_path, storage, 
     for stamp in poses:
         _, kf_stamp = pose_keyframe(stamp, matches[seq.stamps_ns.index(stamp)])
         assert kf_stamp in keyframe_stamps
-    assert "/diagnostics" in bag or len(seq) < 30
+    # a short bag (< 30 frames) still has its /diagnostics: once, at the end, with every frame counted
+    (diagnostics,) = bag["/diagnostics"]
+    (report,) = decode_diagnostics(diagnostics[1])
+    assert diagnostics[0] == seq.stamps_ns[-1] and int(report.values["frames_processed"]) == len(seq)
+    # the input as it came (raw or compressed; byte for byte) and the overlays, path and TF
+    source = read_bag(tmp_path / "in")
+    for topic in source:
+        assert [raw for _, _, raw in bag[topic]] == [raw for _, _, raw in source[topic]], topic
+    for suffix in ("match_markers", "match_points"):
+        markers = [decode_image_marker(m) for _, m, _ in bag[prefix + suffix]]
+        assert [mk.stamp_ns for mk in markers] == seq.stamps_ns
+        assert {mk.frame_id for mk in markers} == {layout.frame_id}
+    paths = [decode_path(m) for _, m, _ in bag[prefix + "keyframe_path"]]
+    assert [p.stamp_ns for p in paths] == keyframe_stamps and len(paths[-1].poses) == len(keyframe_stamps)
+    tf = [decode_tf(m)[0] for _, m, _ in bag["/tf"]]
+    assert {t.stamp_ns for t in tf} >= set(poses) and {(t.parent, t.child) for t in tf} == \
+        {("glue_ros_keyframe", layout.frame_id)}
     # second run: byte-identical messages on every topic (diagnostics would carry measured rates)
     second = outputs[1]
+    assert set(bag) == set(second)
     for topic in bag:
         if topic != "/diagnostics":
             assert [raw for _, _, raw in bag[topic]] == [raw for _, _, raw in second[topic]], topic
+
+
+def any_reader_topics(path: Path) -> dict[str, list]:
+    """topic → messages, read with rosbags' AnyReader (what other tools use)."""
+    from rosbags.highlevel import AnyReader
+
+    from glue_ros.ros.msg_types import default_typestore
+
+    out: dict[str, list] = {}
+    with AnyReader([path], default_typestore=default_typestore()) as reader:
+        for connection, _, raw in reader.messages():
+            out.setdefault(connection.topic, []).append(reader.deserialize(raw, connection.msgtype))
+    return out
+
+
+def test_replay_bag_alone_shows_camera_matches_and_path(tmp_path):
+    """glue-ros-replay's output bag holds what Foxglove needs with no other file: the camera images
+    and CameraInfo (--images, the default), the overlays, the keyframe path, /tf and /diagnostics every
+    30 frames and at the end; --no-images leaves the input out. Read back with rosbags' AnyReader."""
+    make_synthetic_bag(tmp_path / "in", 35, motion="sideways", width=160, height=120,
+                       layout=BagLayout(compressed="jpeg"))
+    sets = ["--set", "extractor.type=orb", "--set", "matcher.type=nn", "--set", "keyframes.max_interval_s=0.2"]
+    out = cli("replay", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--no-progress", *sets)
+    assert out.returncode == 0, out.stderr
+    topics = any_reader_topics(tmp_path / "out")
+    prefix = "/glue_ros_matcher/"
+    assert len(topics["/camera/image"]) == len(topics["/camera/camera_info"]) == 35
+    assert "jpeg" in topics["/camera/image"][0].format  # CompressedImage, as it came
+    for suffix in ("matches", "match_markers", "match_points"):
+        assert len(topics[prefix + suffix]) == 35, suffix
+    assert len(topics[prefix + "keyframe_path"]) == len(topics[prefix + "keyframes"]) >= 3 and len(topics["/tf"]) >= 30
+    reports = [decode_diagnostics(m)[0].values for m in topics["/diagnostics"]]
+    assert [int(r["frames_processed"]) for r in reports] == [30, 35]
+    bare = cli("replay", str(tmp_path / "in"), "--output", str(tmp_path / "bare"), "--no-progress", "--no-images",
+               *sets)
+    assert bare.returncode == 0, bare.stderr
+    bare_topics = any_reader_topics(tmp_path / "bare")
+    assert not {"/camera/image", "/camera/camera_info"} & set(bare_topics)
+    assert len(bare_topics[prefix + "match_markers"]) == 35
+
+
+def test_replay_stopped_by_sigterm_closes_a_readable_bag(tmp_path):
+    """SIGTERM (timeout, docker, systemd) during an offline replay: it stops after the current frame,
+    the output bag is closed, readable, consistent (diagnostics at the end count what it holds), one
+    line on stderr, exit 143 (the replay is incomplete)."""
+    import signal
+    import time
+
+    make_synthetic_bag(tmp_path / "in", 150, motion="sideways", width=320, height=240)
+    out_bag = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "glue_ros.tools.replay", str(tmp_path / "in"), "--output",
+                             str(out_bag), "--no-progress", "--set", "extractor.type=orb", "--set", "matcher.type=nn"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        deadline = time.monotonic() + 120
+        # a few chunks written (about 4 raw 320x240 frames per MiB): the replay is under way
+        def written() -> int:
+            return sum(f.stat().st_size for f in out_bag.glob("*.mcap")) if out_bag.exists() else 0
+
+        while written() < 3 * 2 ** 20:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("stopped (SIGTERM) after ")
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    topics = any_reader_topics(out_bag)
+    matches = topics["/glue_ros_matcher/matches"]
+    assert 0 < len(matches) < 150
+    final = decode_diagnostics(topics["/diagnostics"][-1])[0].values
+    assert int(final["frames_processed"]) == len(matches)
+    assert f"frames {final['frames_received']} (processed {len(matches)}" in stdout
 
 
 def test_replay_synthetic_ground_truth_through_cli(tmp_path):
@@ -161,7 +257,7 @@ def test_make_bag_from_image_folder_with_tum_rgb_txt(tmp_path):
     infos = [m for _, m, _ in bag["/camera/camera_info"]]
     assert len(images) == len(infos) == 5
     assert [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in images] == \
-        [int(round(float(l.split()[0]) * 1e9)) for l in lines]
+        [parse_stamp(l.split()[0]) for l in lines]  # exact decimal parsing
     assert infos[0].k[0] == 125 and infos[0].width == 160
     from glue_ros.ros.image_codec import decode_image
 

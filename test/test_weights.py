@@ -273,3 +273,133 @@ def test_wrong_model_checkpoints_are_refused(checkpoint_dirs, tmp_path):
         LightGlue.from_pretrained(str(tmp_path / "other.safetensors"))
     config = json.loads((checkpoint_dirs["lightglue"] / "config.json").read_text())
     assert config["keypoint_detector_config"]["model_type"] == "superpoint"
+
+
+# --------------------------------------------------------------------------- hub: cache first, fast offline errors
+
+
+@pytest.fixture
+def hub_recorder(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE unset, an empty temporary hub cache, huggingface_hub's download function wrapped to
+    record (repo, file, local_files_only), and the reachability probe replaced by a counter (offline
+    unless ``state["reachable"]`` is set). Nothing here can reach the network."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    state = {"calls": [], "probes": 0, "reachable": False, "served": tmp_path / "served"}
+    real = huggingface_hub.hf_hub_download
+
+    def download(repo_id, filename, **kwargs):
+        state["calls"].append((repo_id, filename, bool(kwargs.get("local_files_only"))))
+        if kwargs.get("local_files_only"):
+            return real(repo_id, filename, **kwargs)  # a pure cache lookup
+        assert state["reachable"], "asked the hub although it is unreachable"
+        return str(state["served"] / filename)  # "downloaded"
+
+    def probe(endpoint, timeout):
+        state["probes"] += 1
+        assert timeout <= 5
+        return state["reachable"], "ConnectError: [Errno -2] Name or service not known"
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(weights, "_probe_hub", probe)
+    weights.reset_hub_probe()
+    yield state
+    weights.reset_hub_probe()
+
+
+def _tiny_repo(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text('{"model_type": "tiny"}')
+    save_file({"w": torch.zeros(2)}, str(directory / "model.safetensors"))
+    return directory
+
+
+def test_cached_hub_weights_never_touch_the_network(hub_recorder, tmp_path):
+    from checkpoints import install_in_hub_cache  # test/ is on sys.path (conftest)
+
+    install_in_hub_cache(_tiny_repo(tmp_path / "tiny"), tmp_path / "hub", "someone/tiny")
+    checkpoint = load_checkpoint("someone/tiny", parameter="extractor.weights")
+    assert checkpoint.config["model_type"] == "tiny" and checkpoint.parameter == "extractor.weights"
+    assert hub_recorder["probes"] == 0  # cached: no probe, no hub request
+    assert hub_recorder["calls"] and all(local for _, _, local in hub_recorder["calls"])
+
+
+def test_offline_hub_error_is_immediate_and_names_the_parameter(hub_recorder, tmp_path):
+    for _ in range(2):
+        with pytest.raises(WeightsError) as exc:
+            load_checkpoint(HUB_ID, parameter="matcher.weights", drop_prefixes=("keypoint_detector.",))
+        text = one_line(exc)
+        assert text.startswith(f"parameter 'matcher.weights': weights '{HUB_ID}' are not available: ")
+        for fragment in (f"`hf download {HUB_ID}`", "offline", "Name or service not known", str(tmp_path / "hub"),
+                         "--profile xfeat_lighterglue (or profile:=xfeat_lighterglue), which ships its weights",
+                         "local directory"):
+            assert fragment in text, fragment
+        assert exc.value.parameter == "matcher.weights"
+    assert hub_recorder["probes"] == 1  # once per process, not per load
+    assert all(local for _, _, local in hub_recorder["calls"])  # cache lookups only: no hub retries
+
+
+def test_hf_hub_offline_skips_the_probe(hub_recorder, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="HF_HUB_OFFLINE") as exc:
+        weights.resolve(HUB_ID, "abc123", parameter="matcher.weights")
+    assert f"`hf download {HUB_ID} --revision abc123`" in one_line(exc)
+    assert hub_recorder["probes"] == 0
+
+
+def test_reachable_hub_downloads_what_is_not_cached(hub_recorder):
+    _tiny_repo(hub_recorder["served"])
+    hub_recorder["reachable"] = True
+    assert weights.resolve("someone/tiny") == hub_recorder["served"]
+    assert [local for _, _, local in hub_recorder["calls"]] == [True, False, False]  # cache miss, then download
+    assert hub_recorder["probes"] == 1
+
+
+def test_check_available_lists_every_missing_repo_of_a_configuration(hub_recorder):
+    from glue_ros.config import load_config
+
+    with pytest.raises(WeightsError) as exc:
+        weights.check_available(load_config(profile="superpoint_lightglue"))
+    text = one_line(exc)
+    assert "parameter 'extractor.weights': weights 'magic-leap-community/superpoint' and parameter " \
+           f"'matcher.weights': weights '{HUB_ID}' are not available" in text
+    assert f"`hf download magic-leap-community/superpoint && hf download {HUB_ID}`" in text
+    for profile in ("xfeat_lighterglue", "aliked_lightglue", "sift_nn"):  # no hub weights: nothing to say
+        weights.check_available(load_config(profile=profile))
+    weights.check_available(load_config(sets=["extractor.weights=xfeat"], profile="xfeat_lighterglue"))
+    assert hub_recorder["probes"] == 1
+
+
+def test_probe_is_one_bounded_request(monkeypatch):
+    import httpx2
+    from huggingface_hub import utils as hub_utils
+
+    requests = []
+
+    class Session:
+        def __init__(self, fail):
+            self.fail = fail
+
+        def head(self, url, **kwargs):
+            requests.append((url, kwargs.get("timeout")))
+            if self.fail:
+                raise httpx2.ConnectError("[Errno -2] Name or service not known")
+            return object()
+
+    monkeypatch.setattr(hub_utils, "get_session", lambda: Session(True))
+    reachable, why = weights._probe_hub("https://hub.example", 2.0)
+    assert not reachable and "ConnectError" in why and "Name or service not known" in why
+    monkeypatch.setattr(hub_utils, "get_session", lambda: Session(False))
+    assert weights._probe_hub("https://hub.example", 2.0) == (True, "")
+    assert requests == [("https://hub.example", 2.0)] * 2  # one request each, no retries
+
+
+def test_load_into_names_the_parameter(tmp_path):
+    save_file({"weight": torch.zeros(3, 2)}, str(tmp_path / "w.safetensors"))
+    checkpoint = load_checkpoint(str(tmp_path / "w.safetensors"), parameter="extractor.weights")
+    with pytest.raises(WeightsError, match=r"^parameter 'extractor.weights': weights .* do not fit Linear: missing"):
+        weights.load_into(torch.nn.Linear(2, 3), checkpoint)
+    with pytest.raises(WeightsError, match=r"^parameter 'matcher.weights': weights '\./nowhere\.pth' do not exist"):
+        load_checkpoint("./nowhere.pth", parameter="matcher.weights")

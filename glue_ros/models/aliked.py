@@ -346,10 +346,10 @@ class ALIKED(nn.Module):
         return model.to(device=device, memory_format=torch.channels_last)
 
     @classmethod
-    def from_pretrained(cls, weights: str = DEFAULT_WEIGHTS, revision: str = "", *,
+    def from_pretrained(cls, weights: str = DEFAULT_WEIGHTS, revision: str = "", *, parameter: str = "",
                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                         options: DetectionOptions = DetectionOptions()) -> "ALIKED":
-        checkpoint = load_checkpoint(weights, revision)
+        checkpoint = load_checkpoint(weights, revision, parameter=parameter)
         model_type = (checkpoint.config or {}).get("model_type", "aliked")
         if model_type != "aliked":
             raise WeightsError(f"weights '{weights}' are a '{model_type}' checkpoint, not aliked "
@@ -359,8 +359,8 @@ class ALIKED(nn.Module):
     @classmethod
     def from_config(cls, config: ExtractorConfig, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> "ALIKED":
-        return cls.from_pretrained(config.resolved_weights, config.revision, device=device,
-                                   dtype=dtype, options=DetectionOptions.from_config(config))
+        return cls.from_pretrained(config.resolved_weights, config.revision, parameter="extractor.weights",
+                                   device=device, dtype=dtype, options=DetectionOptions.from_config(config))
 
     @property
     def device(self) -> torch.device:

@@ -239,10 +239,10 @@ class DISK(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, weights: str = DEFAULT_WEIGHTS, revision: str = "", *,
+    def from_pretrained(cls, weights: str = DEFAULT_WEIGHTS, revision: str = "", *, parameter: str = "",
                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                         options: DetectionOptions = DetectionOptions()) -> "DISK":
-        checkpoint = load_checkpoint(weights, revision)
+        checkpoint = load_checkpoint(weights, revision, parameter=parameter)
         model_type = (checkpoint.config or {}).get("model_type", "disk")
         if model_type != "disk":
             raise WeightsError(f"weights '{weights}' are a '{model_type}' checkpoint, not disk "
@@ -252,8 +252,8 @@ class DISK(nn.Module):
     @classmethod
     def from_config(cls, config: "ExtractorConfig", device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> "DISK":
-        return cls.from_pretrained(config.resolved_weights, config.revision, device=device,
-                                   dtype=dtype, options=DetectionOptions.from_config(config))
+        return cls.from_pretrained(config.resolved_weights, config.revision, parameter="extractor.weights",
+                                   device=device, dtype=dtype, options=DetectionOptions.from_config(config))
 
     @property
     def device(self) -> torch.device:

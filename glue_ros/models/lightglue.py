@@ -496,13 +496,14 @@ class LightGlue(nn.Module):
     # ----------------------------------------------------------------- construction
 
     @classmethod
-    def from_pretrained(cls, weights: str, revision: str = "", *, device: torch.device | str = "cpu",
+    def from_pretrained(cls, weights: str, revision: str = "", *, parameter: str = "",
+                        device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, **runtime_options: Any) -> "LightGlue":
         """Load weights in any form load_checkpoint reads (packaged name, hub repo id, directory,
         .safetensors, original .pth/.pt). Runtime options (LightGlueConfig fields) default to the values
         stored in an HF config.json, else to LightGlueConfig's. ``dtype`` is the autocast precision of the
         transformer layers; parameters stay float32."""
-        checkpoint = load_checkpoint(weights, revision, drop_prefixes=(DETECTOR_PREFIX,))
+        checkpoint = load_checkpoint(weights, revision, drop_prefixes=(DETECTOR_PREFIX,), parameter=parameter)
         packaged = checkpoint.packaged
         if packaged is not None and packaged.role != "matcher":
             raise WeightsError(f"weights '{weights}' are the {packaged.features} extractor's ({packaged.name}), "
@@ -540,8 +541,8 @@ class LightGlue(nn.Module):
         if config.type != "lightglue":
             raise ValueError(f"matcher.type is '{config.type}', not lightglue")
         weights = config.weights or default_matcher_weights("lightglue", features)
-        model = cls.from_pretrained(weights, config.revision, device=device, dtype=dtype,
-                                    depth_confidence=config.depth_confidence,
+        model = cls.from_pretrained(weights, config.revision, parameter="matcher.weights",
+                                    device=device, dtype=dtype, depth_confidence=config.depth_confidence,
                                     width_confidence=config.width_confidence,
                                     filter_threshold=config.filter_threshold)
         if features and model.expected_features and features != model.expected_features:

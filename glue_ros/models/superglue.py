@@ -304,14 +304,15 @@ class SuperGlue(nn.Module):
     # ---- construction
 
     @classmethod
-    def from_pretrained(cls, weights: str, revision: str = "", *, device: torch.device | str = "cpu",
+    def from_pretrained(cls, weights: str, revision: str = "", *, parameter: str = "",
+                        device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, **runtime_options: Any) -> "SuperGlue":
         """Load weights in any form ``weights.load_checkpoint`` resolves: hub repo id, directory
         (config.json + model.safetensors), .safetensors file, or magicleap's original
         superglue_indoor.pth / superglue_outdoor.pth (renamed here; architecture = the original's).
         ``runtime_options``: fields of :class:`SuperGlueConfig`."""
         config = SuperGlueConfig(**runtime_options)
-        checkpoint = load_checkpoint(weights, revision, drop_prefixes=DROP_PREFIXES)
+        checkpoint = load_checkpoint(weights, revision, drop_prefixes=DROP_PREFIXES, parameter=parameter)
         model = cls(SuperGlueArchitecture.from_json(checkpoint.config, weights), config, dtype)
         if "kenc.encoder.0.weight" in checkpoint.state_dict:  # magicleap's original release file
             checkpoint.state_dict = from_original(checkpoint.state_dict, model.arch)
@@ -323,8 +324,8 @@ class SuperGlue(nn.Module):
     def from_config(cls, config: MatcherConfig, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32, features: str = "superpoint") -> "SuperGlue":
         weights = dataclasses.replace(config, type="superglue").resolved_weights(features)
-        return cls.from_pretrained(weights, config.revision, device=device, dtype=dtype,
-                                   sinkhorn_iterations=config.sinkhorn_iterations,
+        return cls.from_pretrained(weights, config.revision, parameter="matcher.weights",
+                                   device=device, dtype=dtype, sinkhorn_iterations=config.sinkhorn_iterations,
                                    match_threshold=config.match_threshold)
 
     # Matcher protocol: SuperGlue is trained on SuperPoint descriptors of this size.

@@ -168,14 +168,15 @@ class SuperPoint(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_pretrained(cls, weights: str, revision: str = "", *, device: torch.device | str = "cpu",
+    def from_pretrained(cls, weights: str, revision: str = "", *, parameter: str = "",
+                        device: torch.device | str = "cpu",
                         dtype: torch.dtype = torch.float32, **runtime_options) -> "SuperPoint":
         """Load weights in any form ``weights.load_checkpoint`` resolves (hub repo id, directory,
         .safetensors, or magicleap's original superpoint_v1.pth, renamed here). Architecture sizes
         come from config.json (defaults for the original file); detection options from
         ``runtime_options`` (see :class:`DetectionOptions`), never from config.json."""
         options = DetectionOptions(**runtime_options)
-        checkpoint = load_checkpoint(weights, revision)
+        checkpoint = load_checkpoint(weights, revision, parameter=parameter)
         checkpoint.state_dict = {_our_key(k): v for k, v in checkpoint.state_dict.items()}
         config = checkpoint.config
         if config.get("model_type", "superpoint") != "superpoint":
@@ -199,7 +200,8 @@ class SuperPoint(nn.Module):
     @classmethod
     def from_config(cls, config: ExtractorConfig, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> "SuperPoint":
-        return cls.from_pretrained(config.resolved_weights, config.revision, device=device, dtype=dtype,
+        return cls.from_pretrained(config.resolved_weights, config.revision, parameter="extractor.weights",
+                                   device=device, dtype=dtype,
                                    **dataclasses.asdict(DetectionOptions.from_config(config)))
 
     @property

@@ -14,7 +14,12 @@
   keys into its own layout at load time;
 * a **hub repo id** (``ETH-CVG/lightglue_superpoint``), resolved through huggingface_hub, which honours
   ``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE``; we read those at call time so a process can
-  change them. A pinned commit is served from the cache without asking the hub.
+  change them. The local hub cache is always asked first (``local_files_only=True``): a cached repo
+  (any revision) is used without touching the network. Only when it is not cached is the hub asked —
+  after one quick reachability probe per process (:func:`hub_reachable`, a few seconds at most), so an
+  offline machine gets its error in seconds instead of after huggingface_hub's ~30 s of retries. The
+  error names the parameter, the ``hf download`` command of every repo missing and the profiles that
+  need no download (:func:`check_available` checks a whole configuration at once).
 
 Packaged names win over a same-named directory in the working directory; write ``./name`` for the
 directory. Every failure is one :class:`WeightsError` line that says what to do.
@@ -44,7 +49,20 @@ ORIGINAL_FORMAT = {"format": "original"}
 
 
 class WeightsError(RuntimeError):
-    """Weights cannot be found or do not fit the model. The message says what to do."""
+    """Weights cannot be found or do not fit the model. The message says what to do (and, where the
+    caller said which, names the parameter: ``parameter 'extractor.weights': ...``)."""
+
+    def __init__(self, message: str, *, parameter: str = ""):
+        super().__init__(message)
+        self.parameter = parameter
+
+
+def _with_parameter(exc: WeightsError, parameter: str) -> WeightsError:
+    """``exc`` with its message prefixed by ``parameter 'NAME': `` (once)."""
+    text = str(exc)
+    if not parameter or exc.parameter or text.startswith("parameter"):
+        return exc
+    return WeightsError(f"parameter '{parameter}': {text}", parameter=parameter)
 
 
 # --------------------------------------------------------------------------- packaged weights
@@ -205,6 +223,7 @@ class Checkpoint:
     config: dict[str, Any]  # config.json, {} for a bare .safetensors, ORIGINAL_FORMAT for .pth/.pt
     state_dict: dict[str, torch.Tensor]
     packaged: PackagedWeights | None = None  # the registry entry the weights are (by name or by digest)
+    parameter: str = ""  # the parameter that named them (extractor.weights / matcher.weights), for errors
 
     @property
     def is_original(self) -> bool:
@@ -229,22 +248,155 @@ def _looks_like_path(source: str) -> bool:
             or source.endswith((".safetensors",) + ORIGINAL_SUFFIXES))
 
 
-def _not_available_message(repo_id: str, revision: str, reason: str) -> str:
-    rev = f" --revision {revision}" if revision else ""
+def is_hub_id(source: str) -> bool:
+    """True when ``source`` would be resolved through the hub (not packaged, not a path, not on disk)."""
+    return bool(source) and source not in PACKAGED and not _looks_like_path(source) and \
+        not Path(source).expanduser().exists()
+
+
+# --------------------------------------------------------------------------- hub reachability
+
+#: Seconds the one reachability probe of a process may take (connect + first answer).
+HUB_PROBE_TIMEOUT_S = 3.0
+_PROBES: dict[str, tuple[bool, str]] = {}  # endpoint → (reachable, why not); once per process
+
+
+def hub_endpoint() -> str:
+    endpoint = os.environ.get("HF_ENDPOINT", "").strip()
+    if not endpoint:
+        try:
+            from huggingface_hub import constants
+
+            endpoint = constants.ENDPOINT
+        except Exception:  # pragma: no cover - dependency of the package
+            endpoint = "https://huggingface.co"
+    return endpoint.rstrip("/")
+
+
+def _probe_hub(endpoint: str, timeout: float) -> tuple[bool, str]:
+    """One HEAD request to the hub (huggingface_hub's session: its proxies and certificates), bounded by
+    ``timeout`` also where name resolution hangs. Any HTTP answer means reachable."""
+    import threading
+
+    outcome: list[tuple[bool, str]] = []
+
+    def probe() -> None:
+        try:
+            from huggingface_hub.utils import get_session
+
+            get_session().head(endpoint, timeout=timeout, follow_redirects=False)
+            outcome.append((True, ""))
+        except Exception as exc:  # ConnectError (no DNS / no route), timeouts, TLS errors: not reachable
+            outcome.append((False, f"{type(exc).__name__}: {_first_line(exc)}"))
+
+    thread = threading.Thread(target=probe, name="glue_ros-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    return outcome[0] if outcome else (False, f"no answer within {timeout:g} s")
+
+
+def hub_reachable() -> tuple[bool, str]:
+    """(reachable, why not): ``HF_HUB_OFFLINE`` if set, else one quick probe of the hub endpoint,
+    remembered for the rest of the process (a second model load does not wait again)."""
+    if hub_offline():
+        return False, "HF_HUB_OFFLINE is set"
+    endpoint = hub_endpoint()
+    if endpoint not in _PROBES:
+        reachable, why = _probe_hub(endpoint, HUB_PROBE_TIMEOUT_S)
+        _PROBES[endpoint] = (reachable, "" if reachable else f"{endpoint} cannot be reached ({why})")
+    return _PROBES[endpoint]
+
+
+def reset_hub_probe() -> None:
+    """Forget the remembered probe (tests; a long-running process whose network came up)."""
+    _PROBES.clear()
+
+
+# --------------------------------------------------------------------------- hub errors
+
+
+def _offline_alternative() -> str:
+    from ..config import OFFLINE_PROFILES
+
+    suggested = "xfeat_lighterglue" if "xfeat_lighterglue" in OFFLINE_PROFILES else OFFLINE_PROFILES[0]
+    return (f"or use --profile {suggested} (or profile:={suggested}), which ships its weights "
+            f"(profiles needing no download: {', '.join(OFFLINE_PROFILES)})")
+
+
+def _download_command(repo_id: str, revision: str) -> str:
+    return f"hf download {repo_id}" + (f" --revision {revision}" if revision else "")
+
+
+def unavailable_message(missing: list[tuple[str, str, str]], reason: str) -> str:
+    """The one-line error for hub weights that cannot be had. ``missing``: (parameter or "", repo id,
+    revision) of every repo needed and not cached; ``reason``: why the hub did not give them."""
+    def named(parameter: str, repo_id: str, revision: str) -> str:
+        weights = f"weights '{repo_id}'{' @ ' + revision if revision else ''}"
+        return f"parameter '{parameter}': {weights}" if parameter else weights
+
+    commands = " && ".join(_download_command(repo, rev) for _, repo, rev in missing)
+    offline = hub_offline()
     return (
-        f"weights '{repo_id}'{' @ ' + revision if revision else ''} are not available: {reason}. "
+        f"{' and '.join(named(*item) for item in missing)} are not available: {reason}. "
         f"Looked in the hub cache {hub_cache_dir()} (set by HF_HUB_CACHE / HF_HOME)"
-        f"{' with HF_HUB_OFFLINE=1' if hub_offline() else ''}. "
-        f"Pre-download them on a machine with internet: `hf download {repo_id}{rev}` "
-        f"(then copy the cache, or the files, to this machine), "
-        f"or point the parameter at a local directory holding {CONFIG_NAME} and {WEIGHTS_NAME}, a .safetensors "
-        f"or .pth file, or a packaged name ({', '.join(PACKAGED)})."
+        f"{' with HF_HUB_OFFLINE=1' if offline else ''}. "
+        f"Pre-download on a machine with internet: `{commands}` (then copy its hub cache to "
+        f"{hub_cache_dir()} here), or `hf download REPO --local-dir DIR` and point the parameter at that "
+        f"local directory (config.json + model.safetensors; a .safetensors or .pth file, or a packaged name "
+        f"({', '.join(PACKAGED)}) work too); {_offline_alternative()}."
     )
 
 
-def resolve(source: str, revision: str = "") -> Path:
+def _not_available_message(repo_id: str, revision: str, reason: str, parameter: str = "") -> str:
+    return unavailable_message([(parameter, repo_id, revision)], reason)
+
+
+# --------------------------------------------------------------------------- the resolver
+
+
+def _hub_modules():
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import HFValidationError
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise WeightsError(f"huggingface_hub is needed to resolve hub repo ids: {exc}") from None
+    return huggingface_hub, HFValidationError
+
+
+def _invalid_id(source: str, exc: Exception) -> WeightsError:
+    return WeightsError(f"weights '{source}' is neither a packaged name ({', '.join(PACKAGED)}), a local "
+                        f"path nor a valid hub repo id: {str(exc).splitlines()[0]}")
+
+
+def cached_snapshot(source: str, revision: str = "") -> Path | None:
+    """The cached snapshot directory of hub repo ``source`` (config.json + model.safetensors), or None
+    when either file is not in the hub cache. Never touches the network."""
+    hub, HFValidationError = _hub_modules()
+    paths = []
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        try:
+            with _quiet_hub_logging():
+                paths.append(Path(hub.hf_hub_download(source, name, revision=revision or None,
+                                                      cache_dir=hub_cache_dir(), local_files_only=True)))
+        except HFValidationError as exc:
+            raise _invalid_id(source, exc) from None
+        except Exception:  # LocalEntryNotFoundError & co: not cached
+            return None
+    return paths[0].parent
+
+
+def resolve(source: str, revision: str = "", *, parameter: str = "") -> Path:
     """The local path holding ``source``'s weights: the verified file of a packaged name, a file, a
-    directory, or the hub snapshot directory (config.json + model.safetensors, downloaded if needed)."""
+    directory, or the hub snapshot directory (config.json + model.safetensors): from the hub cache when
+    cached, else downloaded when the hub is reachable, else a fast WeightsError. ``parameter`` (e.g.
+    ``extractor.weights``) is named in every error."""
+    try:
+        return _resolve(source, revision, parameter)
+    except WeightsError as exc:
+        raise _with_parameter(exc, parameter) from None
+
+
+def _resolve(source: str, revision: str, parameter: str) -> Path:
     if not source:
         raise WeightsError("no weights given (empty packaged name / repo id / path)")
     if source in PACKAGED:
@@ -254,36 +406,61 @@ def resolve(source: str, revision: str = "") -> Path:
         return expanded
     if _looks_like_path(source) or expanded.exists():
         raise WeightsError(f"weights '{source}' do not exist (no such directory or file)")
-    try:
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HFValidationError
-    except ImportError as exc:  # pragma: no cover - dependency of the package
-        raise WeightsError(f"huggingface_hub is needed to resolve '{source}': {exc}") from None
-    # A full commit hash is immutable: use the cached copy without asking the hub.
-    pinned = len(revision) == 40 and all(c in "0123456789abcdef" for c in revision.lower())
+    cached = cached_snapshot(source, revision)  # first: no network for what is already here
+    if cached is not None:
+        return cached
+    reachable, why = hub_reachable()
+    if not reachable:
+        raise WeightsError(_not_available_message(source, revision, f"not in the hub cache and offline ({why})",
+                                                  parameter), parameter=parameter)
+    hub, HFValidationError = _hub_modules()
     paths = []
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         try:
             with _quiet_hub_logging():
-                path = _download(hf_hub_download, source, name, revision, pinned)
+                path = hub.hf_hub_download(source, name, revision=revision or None, cache_dir=hub_cache_dir())
         except HFValidationError as exc:
-            raise WeightsError(f"weights '{source}' is neither a packaged name ({', '.join(PACKAGED)}), a local "
-                               f"path nor a valid hub repo id: {str(exc).splitlines()[0]}") from None
-        except Exception as exc:  # offline, not cached, 404, network down: all end the same for the user
+            raise _invalid_id(source, exc) from None
+        except Exception as exc:  # 404, gated, network dropped mid-way: all end the same for the user
             reason = type(exc).__name__ + (f" ({str(exc).splitlines()[0]})" if str(exc) else "")
-            raise WeightsError(_not_available_message(source, revision, f"{name}: {reason}")) from None
+            raise WeightsError(_not_available_message(source, revision, f"{name}: {reason}", parameter),
+                               parameter=parameter) from None
         paths.append(Path(path))
     return paths[0].parent
 
 
-def _download(hf_hub_download, repo_id: str, filename: str, revision: str, pinned: bool) -> str:
-    kwargs = dict(revision=revision or None, cache_dir=hub_cache_dir())
-    if pinned and not hub_offline():
-        try:
-            return hf_hub_download(repo_id, filename, local_files_only=True, **kwargs)
-        except Exception:  # not cached yet: download it below
-            pass
-    return hf_hub_download(repo_id, filename, local_files_only=hub_offline(), **kwargs)
+def _weights_sources(config) -> list[tuple[str, str, str]]:
+    """(parameter, weights, revision) a front-end configuration loads (flat dict or FrontEndConfig)."""
+    from ..config import FrontEndConfig
+
+    if isinstance(config, Mapping):
+        config = FrontEndConfig.from_flat(config)
+    extractor, matcher = config.extractor, config.matcher
+    return [(parameter, source, revision) for parameter, source, revision in (
+        ("extractor.weights", extractor.resolved_weights, extractor.revision),
+        ("matcher.weights", matcher.resolved_weights(extractor.type), matcher.revision)) if source]
+
+
+def check_available(config) -> None:
+    """Before loading any model: when hub weights of ``config`` (a flat parameter dict or a
+    FrontEndConfig) are not cached and the hub cannot be reached, raise one WeightsError naming every
+    such parameter and the ``hf download`` command of every repo missing. Never waits on hub retries:
+    cache lookups are local, reachability is probed once per process. A path that does not exist is
+    reported first (in parameter order); packaged names are left to the loaders (SHA-256 checked)."""
+    missing = []
+    for parameter, source, revision in _weights_sources(config):
+        if source in PACKAGED:
+            continue  # checked (SHA-256) when loaded
+        if not is_hub_id(source):
+            resolve(source, revision, parameter=parameter)  # a path that does not exist: say so first
+        elif cached_snapshot(source, revision) is None:
+            missing.append((parameter, source, revision))
+    if not missing:
+        return
+    reachable, why = hub_reachable()
+    if not reachable:
+        raise WeightsError(unavailable_message(missing, f"not in the hub cache and offline ({why})"),
+                           parameter=missing[0][0])
 
 
 @contextlib.contextmanager
@@ -369,10 +546,19 @@ def _read_original(source: str, path: Path) -> dict[str, torch.Tensor]:
     return flat
 
 
-def load_checkpoint(source: str, revision: str = "", *, drop_prefixes: tuple[str, ...] = ()) -> Checkpoint:
+def load_checkpoint(source: str, revision: str = "", *, drop_prefixes: tuple[str, ...] = (),
+                    parameter: str = "") -> Checkpoint:
     """Resolve and read a checkpoint (any form listed in the module docstring). Tensors whose names start
-    with ``drop_prefixes`` are dropped."""
-    path = resolve(source, revision)
+    with ``drop_prefixes`` are dropped. ``parameter`` (``extractor.weights`` / ``matcher.weights``) is named
+    in every error, also in :func:`load_into`'s."""
+    try:
+        return _load_checkpoint(source, revision, drop_prefixes, parameter)
+    except WeightsError as exc:
+        raise _with_parameter(exc, parameter) from None
+
+
+def _load_checkpoint(source: str, revision: str, drop_prefixes: tuple[str, ...], parameter: str) -> Checkpoint:
+    path = resolve(source, revision, parameter=parameter)
     packaged = PACKAGED.get(source)
     if path.is_dir():
         directory = path
@@ -398,7 +584,7 @@ def load_checkpoint(source: str, revision: str = "", *, drop_prefixes: tuple[str
                            f"{' / '.join(ORIGINAL_SUFFIXES)} (nor a directory with {CONFIG_NAME} + {WEIGHTS_NAME})")
     if drop_prefixes:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(drop_prefixes)}
-    return Checkpoint(source, directory, config, state_dict, packaged)
+    return Checkpoint(source, directory, config, state_dict, packaged, parameter)
 
 
 def load_into(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
@@ -417,7 +603,8 @@ def load_into(model: nn.Module, checkpoint: Checkpoint) -> nn.Module:
             shown = ", ".join(items[:8]) + (f", … ({len(items)} in all)" if len(items) > 8 else "")
             problems.append(f"{label}: {shown}")
     if problems:
-        raise WeightsError(f"weights '{checkpoint.source}' do not fit {type(model).__name__}: " + "; ".join(problems))
+        raise _with_parameter(WeightsError(f"weights '{checkpoint.source}' do not fit {type(model).__name__}: "
+                                           + "; ".join(problems)), checkpoint.parameter)
     model.load_state_dict(given, strict=True)
     return model
 

@@ -226,12 +226,12 @@ class XFeat(nn.Module):
         return model.to(device, memory_format=torch.channels_last)
 
     @classmethod
-    def from_pretrained(cls, weights: str = DEFAULT_WEIGHTS, revision: str = "", *,
+    def from_pretrained(cls, weights: str = DEFAULT_WEIGHTS, revision: str = "", *, parameter: str = "",
                         device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                         options: DetectionOptions | None = None) -> "XFeat":
         """Load ``weights`` (a packaged name such as ``"xfeat"``, a .pt/.safetensors file, a directory
         or a hub id: whatever :func:`weights.load_checkpoint` resolves)."""
-        checkpoint = load_checkpoint(weights, revision)
+        checkpoint = load_checkpoint(weights, revision, parameter=parameter)
         return cls.from_state_dict(checkpoint.state_dict, options, device, dtype, source=checkpoint.source)
 
     @classmethod
@@ -239,8 +239,8 @@ class XFeat(nn.Module):
                     dtype: torch.dtype = torch.float32) -> "XFeat":
         """From an ``ExtractorConfig``: weights ``config.resolved_weights``, detection options from
         its fields (``keypoint_threshold`` / ``nms_radius`` < 0 = this model's defaults)."""
-        return cls.from_pretrained(config.resolved_weights, config.revision, device=device,
-                                   dtype=dtype, options=DetectionOptions.from_config(config))
+        return cls.from_pretrained(config.resolved_weights, config.revision, parameter="extractor.weights",
+                                   device=device, dtype=dtype, options=DetectionOptions.from_config(config))
 
     @property
     def device(self) -> torch.device:

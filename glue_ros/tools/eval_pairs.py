@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import CliError, add_param_args, params_from_args, run_cli
+from .common import (CliError, add_param_args, check_input_file, check_output_file, params_from_args, preflight,
+                     run_cli, write_text_atomic)
 
 
 def evaluate_pairs(pairs_file: str, image_dir: str, params: dict, progress: bool = False) -> dict:
@@ -29,16 +30,19 @@ def evaluate_pairs(pairs_file: str, image_dir: str, params: dict, progress: bool
                               pose_from_T_0to1, read_pairs_file)
     from ..geometry import CameraModel, estimate_relative_pose
 
+    check_input_file(pairs_file, "pairs file")
     try:
         specs = read_pairs_file(pairs_file)
     except FileNotFoundError:
         raise CliError(f"pairs file '{pairs_file}' does not exist") from None
-    except ValueError as exc:
-        raise CliError(f"pairs file '{pairs_file}': {exc}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CliError(f"pairs file '{pairs_file}': {str(exc).splitlines()[0] if str(exc) else exc}") from None
     if not specs:
         raise CliError(f"pairs file '{pairs_file}' lists no pairs")
     if not Path(image_dir).is_dir():
-        raise CliError(f"image directory '{image_dir}' does not exist")
+        what = "is not a directory" if Path(image_dir).exists() else "does not exist"
+        raise CliError(f"image directory '{image_dir}' {what}")
+    preflight(params)  # device, then hub weights missing and offline: one error, at once
     config, extractor, matcher = build_pair(params)
     rows, errors, precisions, scores = [], [], [], []
     t0 = time.perf_counter()
@@ -92,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         params = params_from_args(args)
+        if args.json:
+            check_output_file(args.json, "--json")
         report = evaluate_pairs(args.pairs_file, args.image_dir, params, progress=args.verbose)
         print(f"pairs {len(report['pairs'])}: AUC@5 {report['auc@5']:.2f}  AUC@10 {report['auc@10']:.2f}  "
               f"AUC@20 {report['auc@20']:.2f}  precision {report['precision']:.2f}  "
               f"matching score {report['matching_score']:.2f}")
         if args.json:
             clean = dict(report, pairs=[{k: _finite(v) for k, v in row.items()} for row in report["pairs"]])
-            Path(args.json).write_text(json.dumps(clean, indent=1))
+            write_text_atomic(args.json, json.dumps(clean, indent=1), "--json")
         return 0
 
     return run_cli(body)

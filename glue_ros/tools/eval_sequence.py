@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-from .common import CliError, run_cli
+from .common import CliError, check_input_file, check_output_file, run_cli, write_text_atomic
 
 
 def poses_from_bag(bag: str | Path, namespace_hint: str = "") -> list[tuple[int, int, object]]:
@@ -67,21 +67,25 @@ def main(argv: list[str] | None = None) -> int:
         from ..ros.bag_io import BagError
         from ..synthetic import read_tum_trajectory
 
-        if not Path(args.groundtruth).is_file():
-            raise CliError(f"ground truth '{args.groundtruth}' does not exist")
+        check_input_file(args.groundtruth, "ground truth")
+        if args.json:
+            check_output_file(args.json, "--json")
+        try:  # stamps are parsed exactly (synthetic.parse_stamp: decimal string → integer ns)
+            stamps, gt = read_tum_trajectory(args.groundtruth)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CliError(f"ground truth '{args.groundtruth}': {str(exc).splitlines()[0]}") from None
         try:
             triples = poses_from_bag(args.output_bag)
         except BagError as exc:
             raise CliError(str(exc)) from None
-        stamps, gt = read_tum_trajectory(args.groundtruth)
         summary = evaluate_sequence(triples, stamps, gt).summary()
         print(f"poses {summary['pairs']} (unmatched {summary['unmatched']}): rotation error median "
               f"{summary['rotation_median_deg']:.3f} deg, translation direction median "
               f"{summary['translation_median_deg']:.2f} deg; AUC@5/10/20 {100 * summary['auc@5']:.1f} / "
               f"{100 * summary['auc@10']:.1f} / {100 * summary['auc@20']:.1f}")
         if args.json:
-            Path(args.json).write_text(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                                   for k, v in summary.items()}, indent=1))
+            clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+            write_text_atomic(args.json, json.dumps(clean, indent=1), "--json")
         return 0
 
     return run_cli(body)

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from .common import CliError, run_cli
+from .common import CliError, check_input_file, run_cli
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
 
@@ -61,18 +61,38 @@ def write_bag(path: str | Path, frames: Iterable[tuple[int, np.ndarray]], camera
     return count
 
 
+def read_rgb_txt(rgb_txt: Path, directory: Path) -> list[tuple[int, Path]]:
+    """(stamp_ns, image path) of a TUM ``rgb.txt`` (``timestamp filename`` lines, ``#`` comments). Stamps
+    are parsed exactly (decimal string → integer ns, no float rounding); paths are relative to rgb.txt's
+    folder (TUM's "rgb/1.png"), else to ``directory``. CliError naming the line otherwise."""
+    from ..synthetic import parse_stamp
+
+    try:
+        text = rgb_txt.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"--rgb-txt '{rgb_txt}' cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    entries = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) < 2:
+            raise CliError(f"{rgb_txt}:{number}: expected 'timestamp filename', got {line.strip()!r}")
+        try:
+            stamp = parse_stamp(fields[0])
+        except ValueError as exc:
+            raise CliError(f"{rgb_txt}:{number}: {exc}") from None
+        path = rgb_txt.parent / fields[1]
+        entries.append((stamp, path if path.exists() else directory / fields[1]))
+    return entries
+
+
 def image_folder_frames(directory: Path, rate: float | None, rgb_txt: Path | None) -> Iterator[tuple[int, np.ndarray]]:
     """Frames of a folder: stamps from a TUM rgb.txt (``timestamp filename`` lines) or a fixed rate."""
     import cv2
 
     if rgb_txt is not None:
-        entries = []
-        for line in rgb_txt.read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                stamp, name = line.split()[:2]
-                # TUM lists paths relative to the dataset root (rgb.txt's folder), e.g. "rgb/1.png"
-                path = rgb_txt.parent / name
-                entries.append((int(round(float(stamp) * 1e9)), path if path.exists() else directory / name))
+        entries = read_rgb_txt(rgb_txt, directory)
         if not entries:
             raise CliError(f"{rgb_txt} lists no images")
     else:
@@ -119,6 +139,30 @@ def parse_intrinsics(text: str):
     return camera
 
 
+NO_INTRINSICS_WARNING = ("warning: no --intrinsics: the bag gets no CameraInfo, so replay and the node compute "
+                         "no poses from it (matches only); give --intrinsics FX,FY,CX,CY")
+
+
+def bag_name_warning(path: str | Path) -> str:
+    """A one-line warning for output names some readers misread ('' if fine): rosbags' AnyReader (and
+    ROS 1 tooling) takes a path ending in .bag for a ROS 1 bag, but a rosbag2 is a folder."""
+    name = Path(path).name
+    if name.endswith(".bag"):
+        return (f"warning: output '{path}' ends in .bag, which rosbags' AnyReader reads as a ROS 1 bag; "
+                f"prefer a folder name such as '{name[:-4]}_bag'")
+    return ""
+
+
+def _remove_partial(path: Path) -> None:
+    """Remove what this run created at ``path`` (an interrupted or failed bag): complete or absent."""
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glue-ros-make-bag", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -145,9 +189,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        output = Path(args.output_bag)
+        if output.exists():  # checked before any work (BagWriter refuses it too)
+            raise CliError(f"output bag '{output}' already exists (remove it or choose another name)")
+        if not output.parent.is_dir():
+            raise CliError(f"output bag '{output}': folder '{output.parent}' does not exist (create it first)")
+        created: list[Path] = [output]
+        if args.synthetic is not None:
+            created.append(Path(args.groundtruth) if args.groundtruth else default_groundtruth_path(output))
+        created = [path for path in created if not path.exists()]
+        try:
+            return write(output)
+        except BaseException:  # error, Ctrl-C or SIGTERM: no half-written bag or ground truth stays behind
+            for path in created:
+                _remove_partial(path)
+            raise
+
+    def write(output: Path) -> int:
         from ..ros.bag_io import BagError
 
         layout = BagLayout(args.image_topic, args.camera_info_topic, args.frame_id, args.encoding, args.compressed)
+        if bag_name_warning(output):
+            print(bag_name_warning(output), file=sys.stderr)
         try:
             if args.synthetic is not None:
                 if args.synthetic <= 0:
@@ -165,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise CliError("give exactly one of --rate or --rgb-txt with --images")
             if args.rate is not None and not args.rate > 0:
                 raise CliError("--rate must be > 0")
+            if args.rgb_txt is not None:
+                check_input_file(args.rgb_txt, "--rgb-txt")
             camera = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+            if camera is None:
+                print(NO_INTRINSICS_WARNING, file=sys.stderr)
             frames = image_folder_frames(directory, args.rate, Path(args.rgb_txt) if args.rgb_txt else None)
             if camera is not None:
                 first = next(frames)
