@@ -17,9 +17,11 @@ test: venv
 	$(PY) -m pytest -q test
 
 demo: venv-runtime
-	$(PY) -m glue_ros.tools.demo --output out/demo
+	$(PY) -m glue_ros.tools.demo --output out/demo $(ARGS)
 
 bench: venv
+	$(PY) bench/bench_backends.py
+	$(PY) bench/bench_pose.py
 	$(PY) bench/bench_models.py
 	$(PY) bench/bench_stream.py
 

@@ -403,3 +403,12 @@ def test_load_into_names_the_parameter(tmp_path):
         weights.load_into(torch.nn.Linear(2, 3), checkpoint)
     with pytest.raises(WeightsError, match=r"^parameter 'matcher.weights': weights '\./nowhere\.pth' do not exist"):
         load_checkpoint("./nowhere.pth", parameter="matcher.weights")
+
+
+def test_readme_lists_every_packaged_file_with_its_digest():
+    from pathlib import Path
+
+    from glue_ros.models.weights import render_packaged_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert render_packaged_markdown() in readme, "README weights table is stale: python -m glue_ros.models.weights"

@@ -654,3 +654,17 @@ def config_value(config: Mapping[str, Any], key: str, default: Any) -> Any:
             raise _config_error(config, f"'{key}' must be a list of 1 to 64 integers, got {shown}")
         return type(value)(_size(config, key, v) for v in value)
     return value
+
+
+def render_packaged_markdown() -> str:
+    """The README's table of packaged weight files (name, file, package, licence, SHA-256)."""
+    rows = ["| weights value | role | file | pip package | licence | SHA-256 |", "|---|---|---|---|---|---|"]
+    for p in PACKAGED.values():
+        role = f"{p.role} ({p.features})" if p.role == "matcher" else p.role
+        rows.append(f"| `{p.name}` | {role} | `{p.path.rsplit('/', 1)[-1]}` | {p.distribution}=={p.version} | "
+                    f"{p.licence} | `{p.sha256}` |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_packaged_markdown(), end="")
