@@ -23,8 +23,11 @@ Three layers, each with the real parts:
   Fuzzed stamps (repeated, backwards, zero, negative, far future) are counted / reset as specified;
   a rejected message with a far-future stamp does not reset the keyframes of the next good frame.
 
-Example counts are bounded (the file runs in well under 90 s on 2 cores); the example database is
-off (nothing is written into the repository).
+Example counts are bounded (the file runs in well under 90 s on 2 cores); the examples are
+derandomised (a fixed seed per test: every run, on every machine, tries the same examples, so a
+failure reproduces) and the example database is off (nothing is written into the repository).
+Nothing here asserts a duration: the cost of a hostile message is measured as peak memory, which
+does not depend on the machine's speed or load (pytest-timeout catches hangs).
 """
 from __future__ import annotations
 
@@ -49,7 +52,7 @@ from glue_ros.ros import image_codec as ic
 from glue_ros.ros.camera_info import camera_from_info
 from glue_ros.synthetic import render_sequence
 
-_FUZZ = settings(deadline=None, database=None, derandomize=False, print_blob=True,
+_FUZZ = settings(deadline=None, database=None, derandomize=True, print_blob=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture, HealthCheck.large_base_example])
 
@@ -71,13 +74,30 @@ def _status() -> dict[str, int]:
     return {k: int(re.search(rf"^{k}:\s+(\d+)", text, re.M).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
 
 
+def _reset_peak() -> bool:
+    """Reset the kernel's peak resident set mark (VmHWM); False where the kernel or a sandbox does
+    not support it (the high-water mark would then be the whole session's)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    status = _status()
+    return status["VmHWM"] <= status["VmRSS"] + 8 * MIB
+
+
+def within(peak: int | None, limit: int) -> bool:
+    """Peak memory (from measured()) below ``limit``; None = not measurable here, nothing to check."""
+    return peak is None or peak < limit
+
+
 def measured(fn):
-    """(result or the exception raised, seconds, peak resident bytes above the resident set before).
+    """(result or the exception raised, seconds, peak resident bytes above the resident set before,
+    or None where the peak cannot be measured). ``seconds`` is for notes only: never asserted.
 
     The peak is the kernel's high-water mark (VmHWM, reset through /proc/self/clear_refs), so it
     sees OpenCV's C++ allocations too, not only Python/numpy ones."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    supported = _reset_peak()
     before = _status()["VmRSS"]
     start = time.perf_counter()
     try:
@@ -85,7 +105,7 @@ def measured(fn):
     except Exception as exc:  # the callers check which exceptions are allowed
         outcome = exc
     seconds = time.perf_counter() - start
-    return outcome, seconds, max(_status()["VmHWM"] - before, 0)
+    return outcome, seconds, max(_status()["VmHWM"] - before, 0) if supported else None
 
 
 def _bytes_of(rng_seed: int, length: int) -> bytes:
@@ -173,7 +193,7 @@ def test_codec_image_only_image_decode_error_escapes(msg, bit_depth):
     data = getattr(msg, "data", None)
     carried = len(data) * getattr(data, "itemsize", 1) if hasattr(data, "__len__") else 0
     note(f"{getattr(msg, 'encoding', '?')!r} {getattr(msg, 'width', '?')}x{getattr(msg, 'height', '?')} "
-         f"step {getattr(msg, 'step', '?')} data {carried} B -> {outcome!r:.120} peak {peak / MIB:.1f} MiB")
+         f"step {getattr(msg, 'step', '?')} data {carried} B -> {outcome!r:.120} {seconds:.2f} s peak {peak} B")
     if isinstance(outcome, Exception):
         assert isinstance(outcome, ic.ImageDecodeError), repr(outcome)
         assert outcome.reason in RAW_REASONS and "\n" not in str(outcome), str(outcome)
@@ -183,8 +203,7 @@ def test_codec_image_only_image_decode_error_escapes(msg, bit_depth):
         assert normalised.dtype == np.uint8 and normalised.shape[:2] == image.shape[:2]
         assert normalised.ndim == 2 or normalised.shape[2] == 3
     # Nothing proportional to the *declared* size: at most a few copies of the bytes carried.
-    assert peak <= 16 * carried + 24 * MIB, f"{peak / MIB:.0f} MiB for a message carrying {carried} bytes"
-    assert seconds < 2.0
+    assert within(peak, 16 * carried + 24 * MIB + 1), f"{peak} B peak for a message carrying {carried} bytes"
 
 
 @pytest.mark.parametrize("encoding, width, height, step, length, reason", [
@@ -203,7 +222,7 @@ def test_codec_declared_giants_refused_without_allocating(encoding, width, heigh
                                 data=bytes(length))
     outcome, seconds, peak = measured(lambda: ic.decode_image(msg))
     assert isinstance(outcome, ic.ImageDecodeError) and outcome.reason == reason, repr(outcome)
-    assert peak < 8 * MIB and seconds < 0.5, (peak, seconds)
+    assert within(peak, 8 * MIB), (peak, seconds)
 
 
 def test_codec_tiny_and_padded_images_decode_exactly():
@@ -334,7 +353,7 @@ def test_codec_compressed_only_image_decode_error_escapes(case):
     msg, label = case
     outcome, seconds, peak = measured(lambda: _decode_compressed(msg))
     note(f"{label} format {msg.format!r} {len(msg.data)} B -> {outcome!r:.150} {seconds:.2f} s "
-         f"peak {peak / MIB:.1f} MiB")
+         f"peak {peak} B")
     if isinstance(outcome, Exception):
         assert isinstance(outcome, ic.ImageDecodeError), repr(outcome)
         assert outcome.reason in COMPRESSED_REASONS and "\n" not in str(outcome), str(outcome)
@@ -345,8 +364,7 @@ def test_codec_compressed_only_image_decode_error_escapes(case):
         if label.endswith("/none") and not str(msg.format).lower().count("compresseddepth"):
             assert image.shape[:2] == (24, 32)
     # A few KB of message never costs more than a few MB or a noticeable time, whatever it declares.
-    assert peak < 64 * MIB, f"{label}: {peak / MIB:.0f} MiB"
-    assert seconds < 1.0, f"{label}: {seconds:.2f} s"
+    assert within(peak, 64 * MIB), f"{label}: {peak} B peak"
 
 
 def test_codec_png_with_corrupt_chunk_length_is_refused_cheaply():
@@ -360,7 +378,7 @@ def test_codec_png_with_corrupt_chunk_length_is_refused_cheaply():
         outcome, seconds, peak = measured(lambda: ic.decode_compressed(msg))
         assert isinstance(outcome, ic.ImageDecodeError) and outcome.reason == "corrupt_compressed", repr(outcome)
         assert "IDAT" in str(outcome)
-        assert seconds < 0.5 and peak < 32 * MIB, (seconds, peak)
+        assert within(peak, 32 * MIB), (seconds, peak)
 
 
 def test_codec_jpeg_declaring_more_than_its_bytes_hold_is_refused():
@@ -371,7 +389,7 @@ def test_codec_jpeg_declaring_more_than_its_bytes_hold_is_refused():
     outcome, seconds, peak = measured(lambda: ic.decode_compressed(types.SimpleNamespace(format="jpeg",
                                                                                          data=small)))
     assert isinstance(outcome, ic.ImageDecodeError) and outcome.reason == "corrupt_compressed", repr(outcome)
-    assert peak < 32 * MIB and seconds < 0.5
+    assert within(peak, 32 * MIB), (peak, seconds)
     for shape, params in (((3000, 4000), [cv2.IMWRITE_JPEG_OPTIMIZE, 1]),
                           ((480, 640, 3), [cv2.IMWRITE_JPEG_PROGRESSIVE, 1, cv2.IMWRITE_JPEG_OPTIMIZE, 1]),
                           ((480, 640, 3), [])):
@@ -385,12 +403,12 @@ def test_codec_png_bombs_refused_before_decoding():
         msg = types.SimpleNamespace(format="png", data=_png_declaring(width, height))
         outcome, seconds, peak = measured(lambda: ic.decode_compressed(msg))
         assert isinstance(outcome, ic.ImageDecodeError) and outcome.reason == "too_large", repr(outcome)
-        assert peak < 16 * MIB and seconds < 0.2
+        assert within(peak, 16 * MIB), (peak, seconds)
     # 8000x8000 (64 Mpixel, under the limit) carried by ~100 bytes of IDAT: fails fast, small
     outcome, seconds, peak = measured(lambda: ic.decode_compressed(
         types.SimpleNamespace(format="png", data=_png_declaring(8000, 8000))))
     assert isinstance(outcome, ic.ImageDecodeError) and outcome.reason == "corrupt_compressed"
-    assert peak < 96 * MIB and seconds < 1.0, (peak, seconds)
+    assert within(peak, 96 * MIB), (peak, seconds)
 
 
 # =============================================================================== CameraInfo
@@ -732,7 +750,7 @@ def _rclpy_image(ns: types.SimpleNamespace, stamp: int):
     """A fuzzed namespace (``image_messages(wire=True)``) as a sendable sensor_msgs/Image."""
     from sensor_msgs.msg import Image
 
-    from glue_ros.ros.messages import RclpyTypes
+    from glue_ros.ros.msg_types import RclpyTypes
 
     msg = Image(height=ns.height, width=ns.width, step=ns.step, is_bigendian=ns.is_bigendian, data=ns.data)
     msg.header = RclpyTypes().header(stamp, "camera")
@@ -743,7 +761,7 @@ def _rclpy_image(ns: types.SimpleNamespace, stamp: int):
 def _rclpy_compressed(ns: types.SimpleNamespace, stamp: int):
     from sensor_msgs.msg import CompressedImage
 
-    from glue_ros.ros.messages import RclpyTypes
+    from glue_ros.ros.msg_types import RclpyTypes
 
     fmt = ns.format if isinstance(ns.format, str) and ns.format.isprintable() and ns.format.isascii() else "jpeg"
     return CompressedImage(header=RclpyTypes().header(stamp, "camera"), format=fmt, data=bytes(ns.data))
@@ -811,7 +829,7 @@ def _fuzz_round(procs, topics, kind: str, fuzzed: list, camera_infos_sent: list 
 def _rclpy_camera_info(ns: types.SimpleNamespace, stamp: int):
     from sensor_msgs.msg import CameraInfo
 
-    from glue_ros.ros.messages import RclpyTypes
+    from glue_ros.ros.msg_types import RclpyTypes
 
     msg = CameraInfo()
     msg.header = RclpyTypes().header(stamp, "camera")
