@@ -43,6 +43,11 @@ def offline_hub(hub_cache, monkeypatch):
 
 
 def pytest_configure(config):
+    # Reproducible fuzzing on every machine: fixed examples, no example database written into the repo.
+    from hypothesis import settings
+
+    settings.register_profile("glue_ros", derandomize=True, database=None)
+    settings.load_profile("glue_ros")
     # Never touch the network or the user's real cache from tests.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
