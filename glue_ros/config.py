@@ -132,6 +132,16 @@ PARAMS: tuple[ParamSpec, ...] = (
     _p("output.features_camera_id", 0, "~/features: this camera's index among the estimator's cameras.",
        min=0, max=15),
     _p("output.frame_id", "", "Override the header frame_id of outputs (empty = the image's frame_id)."),
+    _p("output.publish_tf", True, "Publish the camera's pose in the keyframe chain on /tf (tf2_msgs/TFMessage, "
+       "output.tf_parent_frame -> output.tf_child_frame, at each image stamp with a usable pose; up to scale). "
+       "Needs the tf2_msgs package (a ROS install; the pip venv has none: then only the replay bag carries /tf)."),
+    _p("output.tf_parent_frame", "glue_ros_keyframe", "Frame of ~/keyframe_path and parent of the /tf transform: "
+       "the camera (optical) frame of the first keyframe since the last reset, where the keyframe chain starts."),
+    _p("output.tf_child_frame", "", "Child frame of the /tf transform (the current camera); empty = the outputs' "
+       "frame_id (output.frame_id or the image's). Set another name when the camera frame already has a parent "
+       "in your TF tree (a frame has one parent)."),
+    _p("output.path_max_poses", 1000, "Keyframe poses kept in ~/keyframe_path (the oldest are dropped).",
+       min=1, max=100000),
     _p("diagnostics.period_s", 1.0, "Diagnostics publishing period (seconds).", min=0.1, max=60.0),
 )
 
@@ -263,11 +273,15 @@ def validate(values: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _suggest(name: str) -> str:
+def suggest(name: str, candidates: Iterable[str] | None = None) -> str:
+    """`` (did you mean 'X'?)`` with the closest of ``candidates`` (default: the parameter names), or ""."""
     import difflib
 
-    close = difflib.get_close_matches(name, list(SPECS), n=1)
+    close = difflib.get_close_matches(name, list(SPECS if candidates is None else candidates), n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+_suggest = suggest  # the former private name
 
 
 # --------------------------------------------------------------------------- typed views

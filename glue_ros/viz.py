@@ -1,5 +1,7 @@
 """Match pictures, the one drawing module: side by side (``glue-ros-match``, the demo) and overlaid
-on the current frame (the node's ``~/debug_image``).
+on the current frame (the node's ``~/debug_image``); its selection, colours and order are also those
+of the node's ``~/match_markers`` / ``~/match_points`` (``select_drawn``, ``match_colours``,
+``drawing_order``), so Foxglove's overlay looks like the debug image.
 
 Readable at a glance:
 
@@ -20,8 +22,8 @@ from typing import Mapping, Sequence
 import cv2
 import numpy as np
 
-__all__ = ["MAX_DRAWN", "OUTLIER_BGR", "KEYPOINT_BGR", "score_ramp", "select_drawn", "to_bgr", "draw_matches",
-           "draw_matches_on_frame"]
+__all__ = ["MAX_DRAWN", "OUTLIER_BGR", "KEYPOINT_BGR", "score_ramp", "match_colours", "select_drawn", "drawing_order",
+           "to_bgr", "draw_matches", "draw_matches_on_frame"]
 
 MAX_DRAWN = 150
 OUTLIER_BGR = (40, 40, 230)  # red
@@ -36,6 +38,25 @@ def score_ramp(scores: np.ndarray) -> np.ndarray:
     i = np.minimum(s.astype(int), len(_RAMP) - 2)
     f = (s - i)[:, None]
     return np.round(_RAMP[i] * (1 - f) + _RAMP[i + 1] * f).astype(np.uint8)
+
+
+def match_colours(scores: np.ndarray, inliers: np.ndarray | None = None) -> np.ndarray:
+    """The colour of each match (BGR uint8, (M, 3)): its score on ``score_ramp``, or ``OUTLIER_BGR``
+    for a pose outlier (``inliers`` given and False). The one colour rule of every match picture and
+    of the node's ``~/match_markers``."""
+    colours = score_ramp(scores)
+    if inliers is not None:
+        colours[~np.asarray(inliers, bool).reshape(-1)] = OUTLIER_BGR
+    return colours
+
+
+def drawing_order(chosen: np.ndarray, scores: np.ndarray, inliers: np.ndarray | None = None) -> list[int]:
+    """``chosen`` match indices in the order they are drawn: outliers first (underneath), then from
+    low to high score (the best on top)."""
+    s = np.nan_to_num(np.asarray(scores, np.float64).reshape(-1))
+    inl = None if inliers is None else np.asarray(inliers, bool).reshape(-1)
+    return sorted((int(i) for i in np.asarray(chosen).reshape(-1)),
+                  key=lambda i: (inl is None or bool(inl[i]), s[i]))
 
 
 def _stratified(indices: np.ndarray, scores: np.ndarray, count: int) -> np.ndarray:
@@ -134,19 +155,17 @@ def _draw(canvas: np.ndarray, starts: np.ndarray, ends: np.ndarray, scores: np.n
     """Lines start → end with a dot at the end (and the start if ``both_ends``); returns how many."""
     scores = np.asarray(scores, np.float64).reshape(-1)
     chosen = select_drawn(scores, inliers, max_drawn)
-    colours = score_ramp(scores)
+    colours = match_colours(scores, inliers)
     thickness = max(1, int(round(min(canvas.shape[:2]) / 600)))
     radius = thickness + 1
-    inl = None if inliers is None else np.asarray(inliers, bool)
-    # outliers first (underneath), then inliers from low to high score (the best on top)
-    order = sorted(chosen.tolist(), key=lambda i: (inl is None or bool(inl[i]), scores[i]))
+    order = drawing_order(chosen, scores, inliers)
     segments = [(_pixel(starts[i]), _pixel(ends[i])) for i in order]
     for a, b in segments:  # a dark outline under everything: lines stay visible on busy images
         cv2.line(canvas, a, b, (0, 0, 0), thickness + 2, cv2.LINE_AA)
         for p in (a, b) if both_ends else (b,):
             cv2.circle(canvas, p, radius + 1, (0, 0, 0), -1, cv2.LINE_AA)
     for i, (a, b) in zip(order, segments):
-        colour = OUTLIER_BGR if inl is not None and not inl[i] else tuple(int(c) for c in colours[i])
+        colour = tuple(int(c) for c in colours[i])
         cv2.line(canvas, a, b, colour, thickness, cv2.LINE_AA)
         for p in (a, b) if both_ends else (b,):
             cv2.circle(canvas, p, radius, colour, -1, cv2.LINE_AA)

@@ -1,8 +1,12 @@
-"""ros2 launch glue_ros matcher.launch.py [params_file:=...] [namespace:=...] [cameras:=cam0,cam1]
-    [image:=...] [camera_info:=...] [compressed:=true] [device:=cuda] [use_sim_time:=true] [log_level:=debug]
+"""ros2 launch glue_ros matcher.launch.py [profile:=superpoint_lightglue] [params_file:=...]
+    [namespace:=...] [cameras:=cam0,cam1] [image:=...] [camera_info:=...] [compressed:=true]
+    [device:=cuda] [precision:=fp16] [max_keypoints:=512] [match_against:=2]
+    [params:='extractor.max_keypoints=512 keyframes.buffer_size=8'] [use_sim_time:=true] [log_level:=debug]
 
-The arguments become node invocations in glue_ros.ros.launch_args (shared with `glue-ros-launch`,
-the equivalent command for a pip venv without launch_ros).
+Parameters: the profile's shipped file first, then params_file, then the per-argument overrides and
+params:= (space-separated NAME=VALUE). The arguments become node invocations in
+glue_ros.ros.launch_args (shared with `glue-ros-launch`, the equivalent command for a pip venv
+without launch_ros); unknown names are errors naming the closest match.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
@@ -20,7 +24,7 @@ def _matchers(context, *args, **kwargs):
             executable=EXECUTABLE,
             name=inv.name,
             namespace=inv.namespace,
-            parameters=[inv.params_file, inv.parameters] if inv.params_file else [inv.parameters],
+            parameters=[*inv.params_files, inv.parameters],  # in order: later entries override earlier ones
             remappings=inv.remappings,
             arguments=["--ros-args", "--log-level", inv.log_level],
             output="screen",

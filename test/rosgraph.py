@@ -123,7 +123,8 @@ class NodeProcess:
         return self.proc.pid
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:  # also readable after close()
+            self._log.flush()
         return self.log_path.read_bytes().decode("utf-8", "replace")
 
     def alive(self) -> bool:

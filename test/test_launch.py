@@ -11,13 +11,17 @@ actions), and every Node action is turned into the command it describes, as laun
 glue_ros.ros.node``; ``arguments``, then ``--ros-args -r __node:= -r __ns:=``, ``--params-file``
 per parameters entry — dicts written to a temporary params file — and ``-r`` per remapping).
 That command must describe the same node (name, namespace, remappings, log level, effective
-parameters) as the one ``glue-ros-launch --print`` prints; then it is run and checked on the graph.
+parameters) as the one ``glue-ros-launch --print`` prints; then it is run and checked on the graph:
+a profile, a params file and per-argument / ``params:=`` overrides reach the node's declared
+parameters (read back over its get_parameters service) and its pipeline (diagnostics). Unknown
+names fail with the closest match; glue-ros-launch stops its nodes on SIGTERM with exit 0.
 """
 from __future__ import annotations
 
 import importlib.util
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -28,7 +32,7 @@ import pytest
 import yaml
 
 import rosgraph as rg
-from glue_ros.config import load_params_file
+from glue_ros.config import load_params_file, profile_path
 from glue_ros.ros.messages import decode_matches
 from glue_ros.synthetic import render_sequence
 
@@ -36,6 +40,9 @@ LAUNCH_FILE = rg.REPO / "launch" / "matcher.launch.py"
 REAL_LAUNCH_ROS = importlib.util.find_spec("launch_ros") is not None
 CLASSICAL = {"device": "auto", "extractor.type": "orb", "matcher.type": "nn", "extractor.max_keypoints": 600,
              "diagnostics.period_s": 0.2}
+# a params file without a backend: the profile chooses it
+TUNING = {"extractor.max_keypoints": 600, "keyframes.buffer_size": 3, "diagnostics.period_s": 0.2,
+          "keyframes.max_interval_s": 0.5}
 
 
 # --------------------------------------------------------------------------- launch stand-ins
@@ -208,9 +215,22 @@ def params_file(tmp_path_factory):
 # --------------------------------------------------------------------------- equivalence
 
 
-@pytest.mark.parametrize("case", ["defaults", "namespace_remap_sim_time", "two_cameras_compressed", "spaces"])
-def test_launch_file_and_glue_ros_launch_describe_the_same_nodes(case, launch_file, params_file, tmp_path):
+@pytest.fixture(scope="module")
+def tuning_file(tmp_path_factory):
+    return rg.write_params(tmp_path_factory.mktemp("launch") / "tuning.yaml", TUNING)
+
+
+PROFILE_OVERRIDES = {"profile": "orb_nn", "max_keypoints": "300", "match_against": "2", "precision": "fp32",
+                     "device": "cpu", "params": "keyframes.buffer_size=4 pose.method=ransac extractor.revision=1234 "
+                                                "'output.tf_child_frame=glue_ros_camera'"}
+
+
+@pytest.mark.parametrize("case", ["defaults", "namespace_remap_sim_time", "two_cameras_compressed", "spaces",
+                                  "profile_overrides"])
+def test_launch_file_and_glue_ros_launch_describe_the_same_nodes(case, launch_file, params_file, tuning_file,
+                                                                 tmp_path):
     arguments = {
+        "profile_overrides": dict(PROFILE_OVERRIDES, params_file=str(tuning_file)),
         "defaults": {},
         "namespace_remap_sim_time": {"namespace": "robot1", "image": "/camera/image_raw",
                                      "camera_info": "/camera/camera_info", "device": "cpu", "use_sim_time": "true",
@@ -241,7 +261,20 @@ def test_launch_file_and_glue_ros_launch_describe_the_same_nodes(case, launch_fi
     if case == "defaults":
         (d,) = described
         assert d["namespace"] == "" and d["params"]["use_sim_time"] is False
-        assert d["params"]["extractor.type"] == "superpoint"  # the shipped config/matcher.yaml
+        assert d["params"] == {"use_sim_time": False, "extractor.type": "superpoint", "matcher.type": "lightglue"}
+        shipped = profile_path("superpoint_lightglue")
+        assert any(arg.endswith("/glue_ros/profiles/superpoint_lightglue.yaml") for arg in printed[0]), printed
+        assert shipped.name == "superpoint_lightglue.yaml"  # the default profile's shipped file
+    if case == "profile_overrides":  # profile < params_file < per-argument overrides and params:=
+        (d,) = described
+        assert d["params"] == {
+            "use_sim_time": False, "extractor.type": "orb", "matcher.type": "nn",  # profile
+            "keyframes.max_interval_s": 0.5, "diagnostics.period_s": 0.2,  # params_file
+            "extractor.max_keypoints": 300,  # max_keypoints:= over the file's 600
+            "keyframes.buffer_size": 4,  # params:= over the file's 3
+            "keyframes.match_against": 2, "precision": "fp32", "device": "cpu", "pose.method": "ransac",
+            "extractor.revision": "1234",  # a string that looks like a number stays a string
+            "output.tf_child_frame": "glue_ros_camera"}
 
 
 # --------------------------------------------------------------------------- running
@@ -253,9 +286,13 @@ def graph():
         yield g
 
 
-def test_launch_file_invocation_runs_with_remapped_topics(launch_file, params_file, graph, tmp_path):
-    arguments = {"namespace": "t_launch", "image": "/t_launch_cam/image_raw", "camera_info": "/t_launch_cam/info",
-                 "device": "cpu", "use_sim_time": "true", "params_file": str(params_file), "log_level": "warn"}
+def test_launch_file_invocation_runs_with_profile_overrides_and_remapped_topics(launch_file, tuning_file, graph,
+                                                                              tmp_path):
+    """The launch file's node, run: profile orb_nn + params file + overrides are the node's declared
+    parameters (its get_parameters service) and drive its pipeline (≤ 300 keypoints, ORB + nn)."""
+    arguments = dict(PROFILE_OVERRIDES, namespace="t_launch", image="/t_launch_cam/image_raw",
+                     camera_info="/t_launch_cam/info", use_sim_time="true", params_file=str(tuning_file),
+                     log_level="warn")
     (cmd,) = launch_file_commands(launch_file, arguments, tmp_path)
     seq = render_sequence(3, 320, 240, motion="sideways", speed=1.5, seed=2)
     with rg.NodeProcess(cmd, label="launch_node", log_dir=tmp_path) as proc:
@@ -270,14 +307,44 @@ def test_launch_file_invocation_runs_with_remapped_topics(launch_file, params_fi
             assert m.stamp_ns == stamp
         assert len(decode_matches(topics.matches.by_stamp(stamps[-1]))) > 0
         graph.wait_for(lambda: len(topics.poses) >= 1, 5.0, "a relative pose")
-        # use_sim_time with no /clock: diagnostics still come (steady-clock timer)
+        # use_sim_time with no /clock: diagnostics still come (steady-clock timer), and say /clock is missing
         d = topics.wait_for_diagnostics(lambda d: int(d["frames_processed"]) == len(seq), 10.0)
-        assert d["device"] == "cpu"
+        assert d["device"] == "cpu" and 0 < int(d["keypoints"]) <= 300
+        assert "use_sim_time is on: is /clock published?" in d.get("clock_warning", ""), d
         expected = describe(printed_commands(arguments)[0])["params"]
         actual = graph.get_parameters(topics.fqn, list(expected))
         assert actual == expected
+        assert actual["extractor.type"] == "orb" and actual["extractor.max_keypoints"] == 300
+        assert actual["keyframes.buffer_size"] == 4 and actual["extractor.revision"] == "1234"
         assert "ready:" not in proc.output(), "--log-level warn is applied"
         assert proc.interrupt() == 0 and "Traceback" not in proc.output()
+
+
+def test_unknown_names_fail_with_the_closest_match(launch_file, tmp_path):
+    from glue_ros.ros.launch_args import invocations
+
+    cases = {
+        (("max_keypoint", "5"),): "unknown launch argument 'max_keypoint' (did you mean 'max_keypoints'?)",
+        (("profile", "orb_n"),): "unknown profile 'orb_n' (did you mean 'orb_nn'?)",
+        (("params", "extractor.max_keypoint=5"),): "unknown parameter 'extractor.max_keypoint' (did you mean "
+                                                   "'extractor.max_keypoints'?)",
+        (("extractor.type", "sift"),): "parameters go in params:='extractor.type=sift'",
+        (("max_keypoints", "many"),): "launch argument max_keypoints: parameter 'extractor.max_keypoints': "
+                                      "expected int",
+        (("params", "matcher.type=magic"),): "'magic' is not one of lightglue, superglue, nn",
+        (("max_keypoints", "5"), ("params", "extractor.max_keypoints=6")): "set twice",
+        (("params_file", str(tmp_path / "missing.yaml")),): "is not a file",
+    }
+    for arguments, message in cases.items():
+        with pytest.raises(ValueError, match=re.escape(message)):
+            invocations(dict(arguments))
+    with pytest.raises(ValueError, match=re.escape("did you mean 'orb_nn'?")):  # the launch file says the same
+        launch_file_commands(launch_file, {"profile": "orb_n"}, tmp_path)
+    out = subprocess.run([sys.executable, "-m", "glue_ros.tools.launch", "--print", "extractor.type:=sift"],
+                         env=rg.child_env(), cwd=rg.REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.strip().splitlines() == [
+        "error: unknown launch argument 'extractor.type': parameters go in params:='extractor.type=sift'"]
 
 
 def _children(pid: int) -> list[int]:
@@ -293,7 +360,7 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def test_two_cameras_via_glue_ros_launch_never_mix_and_stop_together(params_file, graph, tmp_path):
+def test_two_cameras_via_glue_ros_launch_never_mix_and_stop_together_on_sigterm(params_file, graph, tmp_path):
     launcher = rg.NodeProcess([sys.executable, "-m", "glue_ros.tools.launch", "cameras:=t_cam0,t_cam1",
                                f"params_file:={params_file}", "device:=cpu"], label="launcher", log_dir=tmp_path)
     with launcher:
@@ -324,11 +391,12 @@ def test_two_cameras_via_glue_ros_launch_never_mix_and_stop_together(params_file
             assert {rg.stamp_of(k) for k in topics.keyframes.messages} <= own
             assert len(decode_matches(topics.matches.by_stamp(stamps[ns][-1]))) > 0
 
-        start = time.monotonic()
-        code = launcher.interrupt(timeout=20.0)  # SIGINT to glue-ros-launch only: it forwards it
+        # SIGTERM (docker stop, systemd, timeout) to glue-ros-launch only: it forwards it to its nodes
+        launcher.proc.send_signal(signal.SIGTERM)
+        code = launcher.wait(30.0)
         assert code == 0, launcher.output()[-3000:]
-        assert time.monotonic() - start < 10.0
         for pid in children:
             assert not Path(f"/proc/{pid}").exists(), f"node {pid} outlived the launcher"
-        assert "Traceback" not in launcher.output()
-        assert launcher.output().count("ready: orb + nn on cpu") == 2
+        log = launcher.output()
+        assert "Traceback" not in log and "RCLError" not in log
+        assert log.count("ready: orb + nn on cpu") == 2 and log.count("stopping (SIGTERM)") == 2

@@ -1,6 +1,7 @@
-"""The message contract (glue_ros.ros.messages, vins, diagnostics, outputs; msg_types, pointcloud
-underneath), built with rclpy AND rosbags classes, serialised, deserialised and decoded back exactly;
-and the import graph of glue_ros has no cycle."""
+"""The message contract (glue_ros.ros.messages, vins, diagnostics, visual, outputs; msg_types,
+pointcloud underneath), built with rclpy AND rosbags classes, serialised, deserialised and decoded
+back exactly; the keyframe chain (glue_ros.trajectory) against exact poses; and the import graph of
+glue_ros has no cycle."""
 from __future__ import annotations
 
 import ast
@@ -66,7 +67,8 @@ def make_result(rng=None, *, valid=True, keyframe=True, counts=(37, 11)) -> Fram
 def enable_rclpy_field_checks():
     """Turn on the generated classes' type checks (as ROS_PYTHON_CHECK_FIELDS=1 would): numpy
     scalars, wrong array types and missing fields then fail loudly."""
-    for pkg in ("builtin_interfaces", "std_msgs", "sensor_msgs", "geometry_msgs", "diagnostic_msgs"):
+    for pkg in ("builtin_interfaces", "std_msgs", "sensor_msgs", "geometry_msgs", "diagnostic_msgs",
+                "visualization_msgs", "nav_msgs"):
         importlib.import_module(f"{pkg}.msg")
     patched = []
     for name, module in list(sys.modules.items()):
@@ -450,6 +452,198 @@ def test_frame_outputs(factory):
     plain = dict(frame_outputs(make_result(valid=False, keyframe=False), factory, validate({})))
     assert list(plain) == ["matches"] and plain["matches"].header.frame_id == "camera_optical"
     assert "features" not in dict(frame_outputs(result, factory, params))  # no intrinsics, no ~/features
+
+
+# --------------------------------------------------------------------------- overlays, keyframe chain, path, TF
+
+
+def test_match_markers_follow_the_debug_image_rules(factory):
+    """~/match_markers (LINE_LIST keyframe → frame) and ~/match_points (POINTS): the image's stamp and
+    frame_id, the matches viz draws (newest keyframe, capped, stratified) in its drawing order and
+    colours (score ramp, outliers red), Foxglove pixel coordinates (+0.5)."""
+    from glue_ros.ros.visual import LINE_LIST, POINTS, build_match_markers, decode_image_marker
+    from glue_ros.viz import drawing_order, match_colours
+
+    rng = np.random.default_rng(3)
+    result = make_result(rng, counts=(55, 30))
+    km, cap = result.matches[0], 20  # more matches to the newest keyframe than drawn
+    chosen = drawing_order(select_drawn(km.scores, km.inliers, cap), km.scores, km.inliers)
+    assert len(chosen) == cap
+    bgr = match_colours(km.scores, km.inliers)[chosen]
+    rgba = np.concatenate([bgr[:, ::-1] / 255.0, np.ones((len(chosen), 1))], axis=1)
+    lines = decode_image_marker(wire(factory, build_match_markers(factory, result, "lines", max_drawn=cap),
+                                     "visualization_msgs/msg/ImageMarker"))
+    points = decode_image_marker(wire(factory, build_match_markers(factory, result, "points", max_drawn=cap),
+                                      "visualization_msgs/msg/ImageMarker"))
+    for marker in (lines, points):
+        assert marker.stamp_ns == STAMP and marker.frame_id == "camera_optical"
+    assert lines.type == LINE_LIST and len(lines.points) == 2 * cap
+    np.testing.assert_allclose(lines.pixels()[0::2], km.points_keyframe[chosen], atol=1e-4)
+    np.testing.assert_allclose(lines.pixels()[1::2], km.points_frame[chosen], atol=1e-4)
+    np.testing.assert_allclose(lines.points[1::2], km.points_frame[chosen] + 0.5, atol=1e-4)
+    np.testing.assert_allclose(lines.colours[0::2], rgba, atol=1e-6)
+    np.testing.assert_allclose(lines.colours[1::2], rgba, atol=1e-6)
+    assert points.type == POINTS and len(points.points) == cap
+    assert len(decode_image_marker(build_match_markers(factory, result, "points")).points) == 55  # < MAX_DRAWN
+    np.testing.assert_allclose(points.pixels(), km.points_frame[chosen], atol=1e-4)
+    np.testing.assert_allclose(points.colours, rgba, atol=1e-6)
+    outliers = ~km.inliers[chosen]
+    assert outliers.any() and np.allclose(points.colours[outliers, :3], np.array(OUTLIER_BGR[::-1]) / 255.0)
+    assert (np.diff(outliers.astype(int)) <= 0).all(), "outliers first (drawn underneath)"
+    # no matches (first frame): an empty marker that clears the overlay; no pose: not verified, no red
+    first = make_result(rng, counts=())
+    assert len(decode_image_marker(build_match_markers(factory, first, "lines")).points) == 0
+    unverified = make_result(rng, counts=(20,))
+    unverified.matches[0].inliers[:] = False
+    colours = decode_image_marker(build_match_markers(factory, unverified, "points")).colours
+    red = np.isclose(colours[:, :3], np.array(OUTLIER_BGR[::-1]) / 255.0, atol=1e-3).all(axis=1)
+    assert len(colours) == 20 and not red.any()
+    with pytest.raises(ValueError):
+        build_match_markers(factory, result, "circles")
+
+
+def _pose_result(stamp, matched_id, T_rel, *, new_keyframe=None, valid=True, rotation_valid=None):
+    """A FrameResult that matched keyframe ``matched_id`` (None: no keyframe matched) with relative
+    pose ``T_rel`` (4x4, its translation normalised as the pipeline's), becoming keyframe
+    ``new_keyframe`` if given."""
+    from glue_ros.results import FrameResult, KeyframeDecision
+
+    matches = []
+    if matched_id is not None:
+        t = T_rel[:3, 3]
+        pose = RelativePose(valid=valid, reason="ok" if valid else "too_few_inliers", rotation=T_rel[:3, :3],
+                            translation=t / np.linalg.norm(t) if valid else np.zeros(3),
+                            rotation_valid=valid if rotation_valid is None else rotation_valid)
+        empty2 = np.zeros((0, 2), np.float32)
+        matches = [KeyframeMatches(matched_id, 0, np.zeros((0, 2), np.int64), np.zeros(0, np.float32), empty2,
+                                   empty2, np.zeros(0, np.int64), np.zeros(0, bool), pose)]
+    decision = KeyframeDecision(new_keyframe is not None, "parallax" if new_keyframe is not None else "",
+                                new_keyframe if new_keyframe is not None else (matched_id or 0))
+    return FrameResult(stamp, "cam", (640, 480), np.zeros((0, 2), np.float32), np.zeros(0, np.float32),
+                       np.zeros(0, np.int64), np.zeros((0, 2), np.float32), matches, decision)
+
+
+def _T(R, t):
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = R, t
+    return T
+
+
+def test_keyframe_trajectory_chains_unit_steps_up_to_scale():
+    """glue_ros.trajectory against exact camera poses: rotations compose exactly, every keyframe step
+    has length 1 in the direction of the true step (monocular: up to scale, per step); an invalid
+    pose gives no camera and a keyframe without one holds its predecessor's pose (a gap); a reset or
+    an unknown keyframe restarts the chain; the path keeps at most max_poses."""
+    from glue_ros.trajectory import KeyframeTrajectory
+
+    rng = np.random.default_rng(5)
+    world = [_T(np.eye(3), np.zeros(3))]  # true camera poses T_world_cam; keyframes at 0, 3, 6, 9
+    for i in range(1, 10):
+        world.append(world[-1] @ _T(rot(rng.standard_normal(3), 0.05), rng.standard_normal(3) * (0.1 + i)))
+    chain = KeyframeTrajectory(max_poses=100)
+    step = chain.update(_pose_result(0, None, None, new_keyframe=0))
+    assert step.restarted and step.keyframe_added and np.allclose(step.camera, np.eye(4))
+    keyframe, kf_index, cameras = 0, 0, {0: step.camera}
+    for i in range(1, 10):
+        T_rel = np.linalg.inv(world[kf_index]) @ world[i]
+        becomes = keyframe + 1 if i % 3 == 0 else None
+        step = chain.update(_pose_result(i, keyframe, T_rel, new_keyframe=becomes))
+        assert not step.restarted and step.keyframe_added == (becomes is not None)
+        cameras[i] = step.camera
+        if becomes is not None:
+            keyframe, kf_index = becomes, i
+    poses = chain.poses
+    assert [p.keyframe_id for p in poses] == [0, 1, 2, 3] and [p.stamp_ns for p in poses] == [0, 3, 6, 9]
+    for a, b in zip(poses, poses[1:]):
+        step_est = np.linalg.inv(a.pose) @ b.pose
+        step_true = np.linalg.inv(world[a.stamp_ns]) @ world[b.stamp_ns]
+        np.testing.assert_allclose(step_est[:3, :3], step_true[:3, :3], atol=1e-9)
+        assert abs(np.linalg.norm(step_est[:3, 3]) - 1.0) < 1e-9, "unit length per keyframe step"
+        np.testing.assert_allclose(step_est[:3, 3], step_true[:3, 3] / np.linalg.norm(step_true[:3, 3]), atol=1e-9)
+        np.testing.assert_allclose(b.pose[:3, :3], world[b.stamp_ns][:3, :3], atol=1e-9)  # rotations are exact
+    # a frame: its keyframe's pose times its (unit) relative pose
+    rel = np.linalg.inv(world[3]) @ world[4]
+    np.testing.assert_allclose(cameras[4], poses[1].pose @ _T(rel[:3, :3], rel[:3, 3] / np.linalg.norm(rel[:3, 3])),
+                               atol=1e-9)
+    # rotation only (pure rotation): R, no translation; nothing usable: no camera
+    R = rot([0, 1, 0], 0.2)
+    step = chain.update(_pose_result(10, 3, _T(R, [1, 0, 0]), valid=False, rotation_valid=True))
+    np.testing.assert_allclose(step.camera, poses[-1].pose @ _T(R, np.zeros(3)), atol=1e-12)
+    assert chain.update(_pose_result(11, 3, _T(R, [1, 0, 0]), valid=False)).camera is None
+    # a keyframe without a usable pose holds its predecessor's pose (gap), the chain goes on from it
+    step = chain.update(_pose_result(12, 3, _T(R, [1, 0, 0]), valid=False, new_keyframe=4))
+    assert step.keyframe_added and step.camera is None and chain.gaps == 1
+    np.testing.assert_allclose(chain.poses[-1].pose, poses[-1].pose)
+    assert chain.update(_pose_result(13, 4, _T(R, [0, 0, 2]))).camera is not None
+    # reset (no keyframe matched, the frame is a keyframe) and an unknown keyframe: the chain restarts
+    step = chain.update(_pose_result(14, None, None, new_keyframe=5))
+    assert step.restarted and [p.keyframe_id for p in chain.poses] == [5] and chain.restarts == 2
+    assert chain.update(_pose_result(15, 99, _T(R, [0, 0, 1]))).camera is None  # not a keyframe: nothing
+    assert chain.update(_pose_result(16, 99, _T(R, [0, 0, 1]), new_keyframe=6)).restarted
+    # bounded
+    small = KeyframeTrajectory(max_poses=3)
+    small.update(_pose_result(0, None, None, new_keyframe=0))
+    for k in range(1, 6):
+        small.update(_pose_result(k, k - 1, _T(np.eye(3), [0, 0, 1]), new_keyframe=k))
+    assert [p.keyframe_id for p in small.poses] == [3, 4, 5]
+    np.testing.assert_allclose(small.poses[-1].pose[:3, 3], [0, 0, 5])
+    assert small.update(_pose_result(6, 5, _T(np.eye(3), [0, 0, 1]))).camera[2, 3] == pytest.approx(6.0)
+
+
+def test_keyframe_path_and_tf_round_trip(factory):
+    from glue_ros.ros.visual import build_keyframe_path, build_tf, decode_path, decode_tf
+    from glue_ros.trajectory import KeyframePose
+
+    poses = [KeyframePose(k, 1_000 + k, _T(rot([1, 2, 3], 0.1 * k), [k, -k, 0.5 * k])) for k in range(5)]
+    cache: dict = {}
+    msg = build_keyframe_path(factory, poses, STAMP, "glue_ros_keyframe", cache)
+    back = decode_path(wire(factory, msg, "nav_msgs/msg/Path"))
+    assert back.stamp_ns == STAMP and back.frame_id == "glue_ros_keyframe"
+    assert back.stamps_ns.tolist() == [1_000 + k for k in range(5)]
+    np.testing.assert_allclose(back.poses, np.stack([p.pose for p in poses]), atol=1e-12)
+    again = build_keyframe_path(factory, poses[2:], STAMP + 1, "glue_ros_keyframe", cache)
+    assert again.poses[0] is msg.poses[2] and len(cache) == 3, "pose messages are reused, old ones dropped"
+    if factory.flavour == "rclpy" and importlib.util.find_spec("tf2_msgs") is None:
+        return  # no tf2_msgs in the pip venv: /tf is checked with the rosbags classes
+    tf = decode_tf(wire(factory, build_tf(factory, poses[3].pose, STAMP, "glue_ros_keyframe", "cam"),
+                        "tf2_msgs/msg/TFMessage"))
+    (t,) = tf
+    assert (t.stamp_ns, t.parent, t.child) == (STAMP, "glue_ros_keyframe", "cam")
+    np.testing.assert_allclose(t.matrix, poses[3].pose, atol=1e-12)
+
+
+def test_frame_outputs_overlays_path_and_tf():
+    """frame_outputs with the visual outputs: markers only when asked for, in the image's frame_id;
+    the path when the chain changed (keyframe), framed in output.tf_parent_frame; /tf when asked for
+    and the frame has a pose, to output.tf_child_frame (default: the outputs' frame_id)."""
+    from glue_ros.config import ParameterError, validate
+    from glue_ros.ros.outputs import MARKER_TOPICS, TF_TOPIC, OutputState, check_output_params
+
+    factory = RosbagsTypes()
+    params = validate({"output.frame_id": "cam_override"})
+    state = OutputState(params)
+    first = _pose_result(STAMP, None, None, new_keyframe=0)
+    out = dict(frame_outputs(first, factory, params, markers=MARKER_TOPICS, state=state, tf=True))
+    assert list(out) == ["matches", "keyframes", "match_markers", "match_points", "keyframe_path", "/tf"]
+    assert out["match_markers"].header.frame_id == "cam" and out["keyframe_path"].header.frame_id == \
+        "glue_ros_keyframe"
+    assert out["/tf"].transforms[0].child_frame_id == "cam_override"
+    assert {stamp_to_ns(out[k].header.stamp) for k in ("matches", "match_markers", "keyframe_path")} == {STAMP}
+    T = _T(rot([0, 0, 1], 0.1), [0, 0, 1])
+    plain = dict(frame_outputs(_pose_result(STAMP + 1, 0, T), factory, params, state=state))
+    assert "keyframe_path" not in plain and "/tf" not in plain and "match_markers" not in plain
+    custom = validate({"output.tf_child_frame": "glue_ros_camera", "output.tf_parent_frame": "odom_vis"})
+    state = OutputState(custom)
+    frame_outputs(first, factory, custom, state=state)
+    out = dict(frame_outputs(_pose_result(STAMP + 2, 0, T, new_keyframe=1), factory, custom, state=state, tf=True,
+                             path=False))
+    assert "keyframe_path" not in out, "path=False: not built (the node: no subscriber)"
+    (tf,) = out[TF_TOPIC[0]].transforms
+    assert (tf.header.frame_id, tf.child_frame_id) == ("odom_vis", "glue_ros_camera")
+    assert len(state.trajectory.poses) == 2
+    for bad in ({"output.tf_parent_frame": " "}, {"output.tf_parent_frame": "a", "output.tf_child_frame": "a"}):
+        with pytest.raises(ParameterError, match="output.tf_"):
+            check_output_params(validate(bad))
 
 
 # --------------------------------------------------------------------------- module structure

@@ -339,6 +339,133 @@ def test_flood_drops_are_counted_and_node_survives(classical, small):
     assert len(m) > 0
 
 
+def render_overlay(image: np.ndarray, markers: list) -> np.ndarray:
+    """What Foxglove's Image panel shows for ImageMarker annotations, drawn with OpenCV from the
+    received messages only: LINE_LIST segments and POINTS dots, ``scale`` pixels wide, in their
+    ``outline_colors``, at marker coordinates (origin at the top-left pixel's corner)."""
+    import cv2
+
+    from glue_ros.ros.visual import LINE_LIST, decode_image_marker
+
+    canvas = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+    up = 4  # draw at 4x so sub-pixel positions show, then shrink back (anti-aliased like a browser canvas)
+    canvas = cv2.resize(canvas, None, fx=up, fy=up, interpolation=cv2.INTER_NEAREST)
+    for msg in markers:
+        m = decode_image_marker(msg)
+        pts = np.round(m.points * up).astype(int)  # corner origin: pixel i spans [i, i+1) → [up*i, up*(i+1))
+        colours = [tuple(int(round(255 * c)) for c in rgba[2::-1]) for rgba in m.colours]
+        width = max(1, int(round(m.scale * up)))
+        if m.type == LINE_LIST:
+            for j in range(0, len(pts) - 1, 2):
+                cv2.line(canvas, tuple(pts[j]), tuple(pts[j + 1]), colours[j], width, cv2.LINE_AA)
+        else:
+            for j, p in enumerate(pts):
+                cv2.circle(canvas, tuple(p), width // 2, colours[j], -1, cv2.LINE_AA)
+    return cv2.resize(canvas, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA)
+
+
+def test_overlays_path_and_tf_carry_the_image_stamp_and_frame(classical, small, graph, tmp_path):
+    """~/match_markers and ~/match_points (built only while subscribed) arrive for every frame with
+    the image's stamp and frame_id and draw ~/matches' newest-keyframe matches; ~/keyframe_path
+    arrives at keyframe events in output.tf_parent_frame with the keyframes' stamps; /tf (where
+    tf2_msgs is installed) carries the camera pose at the image's stamp. The overlay, drawn from the
+    received messages as Foxglove's Image panel would, is saved as a PNG (GLUE_ROS_OVERLAY_PNG)."""
+    import importlib.util
+    import os
+
+    import cv2
+    from nav_msgs.msg import Path as PathMsg
+    from visualization_msgs.msg import ImageMarker
+
+    from glue_ros.ros.visual import LINE_LIST, POINTS, decode_image_marker, decode_path
+
+    proc, topics = classical
+    lines = graph.subscribe(f"{topics.fqn}/match_markers", ImageMarker)
+    points = graph.subscribe(f"{topics.fqn}/match_points", ImageMarker)
+    paths = graph.subscribe(f"{topics.fqn}/keyframe_path", PathMsg)
+    tf_inbox = None
+    if importlib.util.find_spec("tf2_msgs") is not None:  # pragma: no cover - not in the pip venv
+        from tf2_msgs.msg import TFMessage
+
+        tf_inbox = graph.subscribe("/tf", TFMessage)
+    stamps = now_stamps(24)
+    # the node builds the overlays once it sees our readers: frames until a frame has both overlays
+    i = 0
+    while True:
+        assert i < 10, "no ~/match_markers / ~/match_points although subscribed"
+        topics.publish_and_wait(small.images[i], stamps[i], small.camera, frame_id="cam_optical")
+        i += 1
+        try:
+            lines.wait_for_stamp(stamps[i - 1], 1.0), points.wait_for_stamp(stamps[i - 1], 1.0)
+            break
+        except AssertionError:
+            continue
+    watched = stamps[i:]
+    for j in range(i, len(stamps)):
+        topics.publish_and_wait(small.images[j], stamps[j], small.camera, frame_id="cam_optical")
+    for s in watched:
+        line_msg, point_msg = lines.wait_for_stamp(s, 10.0), points.wait_for_stamp(s, 10.0)
+        m = decode_matches(topics.matches.by_stamp(s))
+        newest = m.select(m.kf_rank == 0)
+        for msg, kind, per_match in ((line_msg, LINE_LIST, 2), (point_msg, POINTS, 1)):
+            marker = decode_image_marker(msg)
+            assert marker.stamp_ns == s and marker.frame_id == "cam_optical" and marker.type == kind
+            assert len(marker.points) == per_match * min(len(newest), 150) and len(marker.colours) == len(marker.points)
+        # every drawn line goes from a keyframe position to the current position of one match
+        pairs = {(round(float(a), 3), round(float(b), 3), round(float(c), 3), round(float(d), 3))
+                 for (a, b), (c, d) in zip(newest.keyframe_points, newest.points)}
+        drawn = decode_image_marker(line_msg).pixels().reshape(-1, 4)
+        assert all(tuple(round(float(v), 3) for v in row) in pairs for row in drawn)
+    assert lines.stamps() == sorted(lines.stamps()) and set(watched) <= set(lines.stamps())
+
+    # the keyframe path: at keyframe events, in the chain's frame, ending at that keyframe
+    keyframe_stamps = {rg.stamp_of(k) for k in topics.keyframes.messages}
+    graph.wait_for(lambda: any(rg.stamp_of(p) in watched for p in paths.messages), 10.0, "a keyframe path")
+    for msg in paths.messages:
+        p = decode_path(msg)
+        assert p.frame_id == "glue_ros_keyframe" and p.stamp_ns in keyframe_stamps
+        assert p.stamps_ns[-1] == p.stamp_ns and set(p.stamps_ns.tolist()) <= keyframe_stamps
+        assert (np.diff(p.stamps_ns) > 0).all()
+        steps = np.linalg.norm(np.diff(p.poses[:, :3, 3], axis=0), axis=1)
+        assert np.all((np.abs(steps - 1.0) < 1e-6) | (steps < 1e-9)), "unit steps (or a gap): up to scale"
+    if tf_inbox is not None:  # pragma: no cover
+        from glue_ros.ros.visual import decode_tf
+
+        tf_inbox.wait_for_count(1, 10.0)
+        for msg in tf_inbox.messages:
+            (t,) = decode_tf(msg)
+            assert t.parent == "glue_ros_keyframe" and t.child == "cam_optical" and t.stamp_ns in stamps
+    else:
+        assert "tf2_msgs is not installed" in proc.output()
+
+    # what Foxglove shows: the last frame with its overlays (lines, then points on top)
+    last = watched[-1]
+    picture = render_overlay(small.images[stamps.index(last)], [lines.by_stamp(last), points.by_stamp(last)])
+    plain = cv2.cvtColor(small.images[stamps.index(last)], cv2.COLOR_RGB2BGR)
+    changed = np.abs(picture.astype(int) - plain).sum(axis=2) > 60
+    assert changed.sum() > 500, "the overlay is visible"
+    target = os.environ.get("GLUE_ROS_OVERLAY_PNG") or str(tmp_path / "overlay.png")
+    cv2.imwrite(target, picture)
+
+
+def test_stamps_far_from_the_clock_warn_and_stay_out_of_the_latency(classical, small):
+    """A bag's stamps without use_sim_time: /diagnostics WARN with the hint use_sim_time:=true, the
+    skew is reported (stamp_skew_s), and the latency percentiles are not the bag's age."""
+    proc, topics = classical
+    old = [1_000_000_000_000_000_000 + i * 33_333_333 for i in range(3)]  # 2001-09-09
+    for i, stamp in enumerate(old):
+        topics.publish_and_wait(small.images[i], stamp, small.camera)
+    d = topics.wait_for_diagnostics(lambda d: "clock_warning" in d, 10.0, "the clock warning")
+    assert d["_level"] == 1 and "use_sim_time:=true" in d["_message"], d["_message"]
+    assert float(d["stamp_skew_s"]) > 1e8
+    assert float(d["latency_p99_ms"]) < 30_000.0, "old stamps are not latencies"
+    fresh = now_stamps(2)
+    for i, stamp in enumerate(fresh):
+        topics.publish_and_wait(small.images[i], stamp, small.camera)
+    d = topics.wait_for_diagnostics(lambda d: "clock_warning" not in d, 10.0, "the warning cleared")
+    assert abs(float(d["stamp_skew_s"])) < 10.0
+
+
 def test_sigint_stops_cleanly(classical):
     """Two SIGINTs 0.1 s apart, as when Ctrl-C in a terminal reaches the node and its launcher
     forwards one more: exit code 0, no KeyboardInterrupt traceback from the cleanup."""
@@ -602,4 +729,20 @@ def test_corrupt_jpeg_is_rejected(compressed, small):
     m = decode_matches(topics.publish_and_wait(small.images[12], stamps[2]))
     assert len(m) >= 50
     assert "[corrupt_compressed;" in proc.output()
-    assert proc.interrupt() == 0 and "Traceback" not in proc.output()
+
+
+def test_sigterm_mid_stream_stops_cleanly(compressed, small):
+    """SIGTERM (timeout, docker, systemd) while frames are being processed: the worker finishes its
+    frame on a valid context, exit code 0, one log line about it, no traceback."""
+    proc, topics = compressed
+    topics.publish_and_wait(small.images[20], now_stamps(1)[0])
+    before = len(topics.matches)
+    for i, stamp in enumerate(now_stamps(10, period_ns=1_000_000)):
+        topics.publish(small.images[21 + i], stamp)
+    topics.graph.wait_for(lambda: len(topics.matches) > before, 10.0, "the burst being processed")
+    proc.proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15.0) == 0, proc.output()[-3000:]
+    log = proc.output()
+    tail = log[log.index("stopping (SIGTERM)"):]
+    assert log.count("stopping (SIGTERM)") == 1 and len(tail.strip().splitlines()) == 1, tail
+    assert "Traceback" not in log and "frame failed" not in log and "RCLError" not in log

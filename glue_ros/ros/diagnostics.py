@@ -37,7 +37,8 @@ def diagnostic_level(figures: Mapping[str, Any], thresholds: DiagnosticThreshold
 
     * ERROR: ``stalled`` (truthy), ``seconds_since_output`` > ``stall_s``, ``error`` (non-empty str);
     * WARN: ``frames_dropped`` > ``max_dropped``, ``decode_errors`` > 0, ``pose_valid_ratio`` <
-      ``min_pose_ratio``, ``no_pose`` (truthy, e.g. no intrinsics), ``warning`` (non-empty str).
+      ``min_pose_ratio``, ``no_pose`` (truthy, e.g. no intrinsics), ``warning`` and ``clock_warning``
+      (non-empty str: input stamps far from the node's clock, with the fix).
     """
     errors, warnings = [], []
     if figures.get("stalled"):
@@ -57,8 +58,9 @@ def diagnostic_level(figures: Mapping[str, Any], thresholds: DiagnosticThreshold
         warnings.append(f"valid pose in {100 * float(ratio):.0f}% of frames")
     if figures.get("no_pose"):
         warnings.append(str(figures["no_pose"]) if isinstance(figures["no_pose"], str) else "no pose")
-    if figures.get("warning"):
-        warnings.append(str(figures["warning"]))
+    for key in ("warning", "clock_warning"):
+        if figures.get(key):
+            warnings.append(str(figures[key]))
     if errors:
         return ERROR, "; ".join(errors + warnings)
     if warnings:

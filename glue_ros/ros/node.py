@@ -18,11 +18,26 @@ Parameters: every override (``--params-file``, ``-p``) is declared from the over
 is exact (YAML ``parallax_px: 40`` is an INTEGER for a float parameter) and re-declared with its
 descriptor (type, range, description); unknown names are warned about and dropped. At runtime a
 pre-set callback makes the same conversion. Parameters are validated before torch and the models
-load (a bad value exits with code 2 in about a second, naming the parameter); SIGINT / SIGTERM exit 0.
+load (a bad value exits with code 2 in about a second, naming the parameter).
+
+Stopping: SIGINT (Ctrl-C) and SIGTERM (``timeout``, docker, systemd, ``ros2 launch`` escalation) are a
+stop request, not an error: the node stops taking input, lets the worker finish the frame it is on
+(publishing while the context is still valid), shuts down and exits **0**, logging one line. During
+start-up (models loading) the first signal interrupts the start at once (also exit 0). rclpy's own
+signal handlers are not installed (they would invalidate the context under the worker's feet).
+
+Visual outputs (``visual.py``): ``~/match_markers`` / ``~/match_points`` are built only while they have
+subscribers; ``~/keyframe_path`` (transient local: a late subscriber gets the latest) at keyframe
+events while subscribed; ``/tf`` when ``output.publish_tf`` and tf2_msgs is installed. /diagnostics
+warns when input stamps are more than ``STAMP_SKEW_WARN_S`` from the node's clock (a bag replayed
+without ``use_sim_time``); such frames stay out of ``latency_p50_ms``/``p99`` (nan when no frame is
+left), which would otherwise report the bag's age.
 """
 from __future__ import annotations
 
 import collections
+import importlib.util
+import math
 import signal
 import sys
 import threading
@@ -35,22 +50,24 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.clock import Clock, ClockType
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from ..config import PARAMS, SPECS, FrontEndConfig, ParameterError, ParamSpec, _suggest, coerce, validate
+from ..config import PARAMS, SPECS, FrontEndConfig, ParameterError, ParamSpec, coerce, suggest, validate
 from .diagnostics import DIAGNOSTICS_TOPIC, build_diagnostics
 from .frame_input import FrameInput, InputCounters
 from .launch_args import NODE_NAME
 from .msg_types import RclpyTypes, stamp_to_ns
-from .outputs import OUTPUT_TOPICS, frame_outputs
+from .outputs import MARKER_TOPICS, OUTPUT_TOPICS, TF_TOPIC, OutputState, check_output_params, frame_outputs
 
 LOG_PERIOD_S = 2.0  # warnings about bad input: at most one per reason per period
 NO_INPUT_WARN_S = 5.0  # diagnostics warn when no frame arrived for this long (after a first one)
 ROS_PARAMETERS = ("use_sim_time", "start_type_description_service")  # declared by rclpy itself
+STAMP_SKEW_WARN_S = 10.0  # diagnostics warn when input stamps are further than this from the node's clock
 
 
 class LatencyWindow:
@@ -62,8 +79,8 @@ class LatencyWindow:
     def add(self, value_ms: float) -> None:
         self._values.append(value_ms)
 
-    def percentile(self, q: float) -> float:
-        return float(np.percentile(self._values, q)) if self._values else 0.0
+    def percentile(self, q: float, empty: float = 0.0) -> float:
+        return float(np.percentile(self._values, q)) if self._values else empty
 
 
 @dataclass
@@ -123,16 +140,29 @@ class MatcherNode(Node):
         self._backend = f"{config.extractor.type} + {config.matcher.type}"
         self._pending_config: FrontEndConfig | None = None
         self.types = RclpyTypes()
+        self.output_state = OutputState(self._flat)
+        self._stamp_skew_s: float | None = None  # node clock - stamp of the newest processed frame
         self._cond = threading.Condition()  # guards the queue and (as the input's lock) the counters
         self.inputs = FrameInput(self._flat, counters=self.counters, lock=self._cond, log=self._log_limited)
 
         out_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        latest = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        qos = {"debug_image": 2, "match_markers": 2, "match_points": 2, "keyframe_path": latest}
         suffixes = [k for k in OUTPUT_TOPICS if k != "features" or self._flat["output.features"]]
         self.publishers_by_suffix = {
             suffix: self.create_publisher(self.types.get(OUTPUT_TOPICS[suffix]), "~/" + suffix,
-                                          2 if suffix == "debug_image" else out_qos)
+                                          qos.get(suffix, out_qos))
             for suffix in suffixes}
         self.pub_debug = self.publishers_by_suffix["debug_image"]
+        # /tf needs tf2_msgs: part of every ROS install, not published as a PyPI wheel (pip venv).
+        self.tf_available = importlib.util.find_spec("tf2_msgs") is not None
+        if self._flat["output.publish_tf"] and self.tf_available:
+            self.publishers_by_suffix[TF_TOPIC[0]] = self.create_publisher(
+                self.types.get(TF_TOPIC[1]), TF_TOPIC[0], QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+        elif self._flat["output.publish_tf"]:
+            self.get_logger().info("output.publish_tf: tf2_msgs is not installed (pip venv), so /tf is not "
+                                   "published; ~/keyframe_path is")
         self.pub_diagnostics = self.create_publisher(self.types.get(DIAGNOSTICS_TOPIC[1]), DIAGNOSTICS_TOPIC[0], 10)
         self.add_pre_set_parameters_callback(self._convert_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -188,10 +218,12 @@ class MatcherNode(Node):
         unknown = [name for name in given if name not in SPECS and name not in ROS_PARAMETERS
                    and not name.startswith("qos_overrides.")]
         for name in sorted(unknown):
-            self.get_logger().warning(f"ignoring unknown parameter '{name}'{_suggest(name)}")
+            self.get_logger().warning(f"ignoring unknown parameter '{name}'{suggest(name)}")
             self.undeclare_parameter(name)
         try:
-            return validate(values)
+            flat = validate(values)
+            check_output_params(flat)
+            return flat
         except ParameterError as exc:
             raise StartupError(str(exc)) from None
 
@@ -292,9 +324,14 @@ class MatcherNode(Node):
         if accepted is None:
             return
         frame, result = accepted
-        want_debug = self.pub_debug.get_subscription_count() > 0  # drawn only when someone looks
+        # drawn / built only when someone looks
+        watched = {suffix for suffix in ("debug_image", "keyframe_path", *MARKER_TOPICS)
+                   if self.publishers_by_suffix[suffix].get_subscription_count() > 0}
         for suffix, out in frame_outputs(result, self.types, self._flat, camera=frame.camera,
-                                         debug_image=frame.image if want_debug else None, backend=self._backend):
+                                         debug_image=frame.image if "debug_image" in watched else None,
+                                         backend=self._backend, markers=watched & set(MARKER_TOPICS),
+                                         state=self.output_state, path="keyframe_path" in watched,
+                                         tf=TF_TOPIC[0] in self.publishers_by_suffix):
             self.publishers_by_suffix[suffix].publish(out)
         self.inputs.finish()  # counted and released together: diagnostics see consistent totals
         self.counters.keyframes += int(result.keyframe.is_keyframe)
@@ -304,7 +341,10 @@ class MatcherNode(Node):
         self.counters.valid_poses += int(result.pose is not None and result.pose.valid)
         self._last_output = time.monotonic()
         self.processing.add((time.monotonic() - received_at) * 1e3)
-        self.latency.add((self.get_clock().now().nanoseconds - frame.stamp_ns) * 1e-6)
+        skew_ns = self.get_clock().now().nanoseconds - frame.stamp_ns
+        self._stamp_skew_s = skew_ns * 1e-9
+        if abs(self._stamp_skew_s) <= STAMP_SKEW_WARN_S:  # else it is the bag's age, not a latency
+            self.latency.add(skew_ns * 1e-6)
 
     # ------------------------------------------------------------------ diagnostics & logging
 
@@ -360,7 +400,10 @@ class MatcherNode(Node):
             "seconds_since_input": since_input,
             **({"warning": f"no input for {since_input:.0f} s"} if since_input > NO_INPUT_WARN_S else {}),
             "pose_valid_ratio": poses / processed if processed else 1.0,
-            "latency_p50_ms": self.latency.percentile(50), "latency_p99_ms": self.latency.percentile(99),
+            "stamp_skew_s": self._stamp_skew_s if self._stamp_skew_s is not None else 0.0,
+            **({"clock_warning": self._clock_warning()} if self._clock_warning() else {}),
+            "latency_p50_ms": self.latency.percentile(50, math.nan),
+            "latency_p99_ms": self.latency.percentile(99, math.nan),
             "processing_p50_ms": self.processing.percentile(50),
             "processing_p99_ms": self.processing.percentile(99),
             "keypoints": self._last["keypoints"], "matches": matches,
@@ -369,6 +412,16 @@ class MatcherNode(Node):
             "keyframes": c.keyframes, "resets": c.resets, "errors": c.errors,
             "device": self.device_name,
         }
+
+    def _clock_warning(self) -> str:
+        """Why the newest frame's stamp is far from this node's clock, with the fix; "" when it is not."""
+        skew = self._stamp_skew_s
+        if skew is None or abs(skew) <= STAMP_SKEW_WARN_S:
+            return ""
+        text = f"input stamps are {abs(skew):.3g} s {'behind' if skew > 0 else 'ahead of'} the node's clock"
+        if self.get_parameter("use_sim_time").value:
+            return text + " (use_sim_time is on: is /clock published? ros2 bag play --clock, glue-ros-replay --clock)"
+        return text + " (a recorded bag? run the node with use_sim_time:=true and play it with --clock)"
 
     def _publish_diagnostics(self) -> None:
         figures = self.figures()
@@ -390,40 +443,78 @@ def _safe_stamp_ns(msg) -> int | None:
         return None
 
 
+class StopRequest:
+    """SIGINT / SIGTERM → a stop request. While ``starting``, a signal raises KeyboardInterrupt (the
+    start is abandoned at once); afterwards it only sets ``requested`` (the spin loop ends)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.starting = True
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, self._handle)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, _frame) -> None:
+        first = self.signum is None
+        if first:
+            self.signum = signum
+        if self.starting and first:
+            raise KeyboardInterrupt
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of `ros2 run glue_ros matcher_node` and of the venv's `matcher_node`."""
+    stop = StopRequest()  # before rclpy.init: a signal during start-up must not kill the process unclean
     try:
-        rclpy.init(args=args)
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except KeyboardInterrupt:
+        rclpy.try_shutdown(uninstall_handlers=False)  # none installed: keep ours
+        return 0
     except Exception as exc:  # unreadable --params-file, malformed --ros-args: rcl says which
         detail = " ".join(str(exc).split())
         print(f"[{NODE_NAME}] error: invalid ROS arguments: {detail}", file=sys.stderr)
         return 2
-    node = None
+    node = executor = None
     code = 0
     try:
         node = MatcherNode()
-        rclpy.spin(node)
+        stop.starting = False
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop.requested:
+            executor.spin_once(timeout_sec=0.1)
     except StartupError as exc:
         print(f"[{NODE_NAME}] error: {exc}", file=sys.stderr)
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        # Shutting down: a second Ctrl-C (a terminal's plus the one `ros2 launch` / glue-ros-launch
-        # forwards) must not interrupt the cleanup with a KeyboardInterrupt traceback. Cleanup is
-        # bounded (the worker is joined for at most 5 s); SIGTERM / SIGKILL still work.
-        _ignore_sigint()
+        # Further signals (a terminal's Ctrl-C plus the one a launcher forwards) only record; cleanup
+        # is bounded (the worker finishes its frame, joined for at most 5 s); SIGKILL still works.
+        stop.starting = False
         if node is not None:
+            if stop.requested:
+                node.get_logger().info(f"stopping ({stop.name})")
             node.close()
+            if executor is not None:
+                executor.remove_node(node)
+                executor.shutdown(timeout_sec=1.0)
             node.destroy_node()
-        rclpy.try_shutdown()
-        _ignore_sigint()  # rclpy restored its predecessor (KeyboardInterrupt) on shutdown
+        rclpy.try_shutdown(uninstall_handlers=False)  # none installed: keep ours
+        # Interpreter finalisation resets Python-level handlers to the default action: a late signal
+        # (a launcher forwarding one more) must not kill the finished process with "-2".
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
     return code
-
-
-def _ignore_sigint() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

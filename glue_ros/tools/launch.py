@@ -1,8 +1,9 @@
 """glue-ros-launch: the pip-venv equivalent of `ros2 launch glue_ros matcher.launch.py ARG:=VALUE ...`.
 
 Takes the same launch arguments, builds the same node invocations (glue_ros.ros.launch_args) and
-runs them as child processes with this venv's python; Ctrl-C / SIGTERM stop them cleanly.
-`--print` only shows the commands.
+runs them as child processes with this venv's python; Ctrl-C / SIGTERM are forwarded to every node,
+which stop cleanly (exit 0: a stop request is not a failure). Parameters by their dotted names go in
+params:='NAME=VALUE ...' (as with ros2 launch). `--print` only shows the commands.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def parse_launch_args(items: list[str]) -> dict[str, str]:
         name, sep, value = item.partition(":=")
         if not sep:
             raise ValueError(f"launch arguments look like NAME:=VALUE, got {item!r}")
+        if name in values:
+            raise ValueError(f"launch argument '{name}' given twice")
         values[name] = value
     return values
 
