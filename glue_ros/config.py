@@ -147,6 +147,26 @@ PARAMS: tuple[ParamSpec, ...] = (
 
 SPECS: dict[str, ParamSpec] = {p.name: p for p in PARAMS}
 
+#: Default weights of each feature extractor type (the one place).
+DEFAULT_EXTRACTOR_WEIGHTS: dict[str, str] = {
+    "superpoint": "magic-leap-community/superpoint",
+    "aliked": "aliked-n16",
+    "disk": "disk-depth",
+    "xfeat": "xfeat",
+}
+
+#: Default weights of each learned matcher type for each feature family (the one place).
+DEFAULT_MATCHER_WEIGHTS: dict[str, dict[str, str]] = {
+    "lightglue": {
+        "superpoint": "ETH-CVG/lightglue_superpoint",
+        "aliked": "aliked-lightglue",
+        "disk": "disk-lightglue",
+        "xfeat": "xfeat-lighterglue",
+    },
+    "superglue": {"superpoint": "magic-leap-community/superglue_indoor"},
+}
+
+
 def default(name: str) -> Any:
     """The default of parameter ``name`` (the typed sections below take their defaults from here)."""
     return SPECS[name].default
@@ -304,8 +324,6 @@ class ExtractorConfig:
     @property
     def resolved_weights(self) -> str:
         """The weights to load: ``weights`` or the default for ``type`` ("" for sift/orb)."""
-        from .models.weights import DEFAULT_EXTRACTOR_WEIGHTS  # the one table (no torch import)
-
         return self.weights or DEFAULT_EXTRACTOR_WEIGHTS.get(self.type, "")
 
 
@@ -324,8 +342,6 @@ class MatcherConfig:
     def resolved_weights(self, features: str) -> str:
         """The weights to load for an extractor of family ``features``: ``weights`` or the default
         for (type, features); "" when there is none (nn, or no trained matcher for that family)."""
-        from .models.weights import DEFAULT_MATCHER_WEIGHTS  # the one table (no torch import)
-
         return self.weights or DEFAULT_MATCHER_WEIGHTS.get(self.type, {}).get(features, "")
 
 

@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 import torch.nn.functional as F
 
 from glue_ros.config import ExtractorConfig
 from glue_ros.interfaces import DetectionOptions, Extractor
 from glue_ros.models import aliked
 from glue_ros.models.aliked import ALIKED, deform_conv2d
-from glue_ros.models.weights import Checkpoint, WeightsError, verify_packaged
+from glue_ros.models.weights import WeightsError, verify_packaged
 
 GOLDEN = Path(__file__).parent / "golden" / "aliked_golden.npz"
 # The real packaged weights, located and SHA-256-checked by the resolver (CI installs them: no skip).
@@ -130,26 +131,23 @@ def test_checkpoint_that_does_not_fit_is_a_weights_error(edit, named):
     assert named in message and "broken.pth" in message and "\n" not in message
 
 
-def test_from_config_and_from_pretrained_use_the_resolver(monkeypatch):
-    calls = []
-
-    def fake_load_checkpoint(source, revision=""):
-        calls.append((source, revision))
-        name = source if source in VARIANTS else "aliked-n16"
-        return Checkpoint(source, Path("."), {}, dict(state_dict(name)))
-
-    monkeypatch.setattr(aliked, "load_checkpoint", fake_load_checkpoint)
+def test_from_config_and_from_pretrained_use_the_real_resolver(tmp_path):
+    """Empty extractor.weights resolves to the packaged, SHA-256-checked aliked-n16; packaged names pick
+    the variant; a checkpoint of another model is refused in one line."""
     config = ExtractorConfig(type="aliked", weights="", max_keypoints=77, keypoint_threshold=-1.0, nms_radius=3,
                              border_removal=6, resize_max=500)
     extractor = ALIKED.from_config(config, "cpu", torch.float32)
-    assert calls == [("aliked-n16", "")]
     assert extractor.options == DetectionOptions(max_keypoints=77, nms_radius=3, border_removal=6, resize_max=500)
-    assert ALIKED.from_pretrained("aliked-t16", "abc").descriptor_dim == 64 and calls[-1] == ("aliked-t16", "abc")
-
-    monkeypatch.setattr(aliked, "load_checkpoint",
-                        lambda source, revision="": Checkpoint(source, Path("."), {"model_type": "superpoint"}, {}))
+    reference = model("aliked-n16")
+    for key, tensor in reference.state_dict().items():
+        assert torch.equal(extractor.state_dict()[key], tensor), key
+    assert ALIKED.from_pretrained("aliked-t16").descriptor_dim == 64
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "superpoint"}')
+    save_file({"w": torch.zeros(1)}, str(other / "model.safetensors"))
     with pytest.raises(WeightsError, match="not aliked"):
-        ALIKED.from_pretrained("some/superpoint")
+        ALIKED.from_pretrained(str(other))
 
 
 # ---------------------------------------------------------------------- detection options

@@ -105,7 +105,8 @@ def test_unknown_profile_names_the_closest():
 
 
 def test_weight_descriptions_name_the_defaults_of_the_one_table():
-    from glue_ros.models.weights import DEFAULT_EXTRACTOR_WEIGHTS, DEFAULT_MATCHER_WEIGHTS, PACKAGED
+    from glue_ros.config import DEFAULT_EXTRACTOR_WEIGHTS, DEFAULT_MATCHER_WEIGHTS
+    from glue_ros.models.weights import PACKAGED
 
     for family, default in DEFAULT_EXTRACTOR_WEIGHTS.items():
         assert f"{family}: {default}" in SPECS["extractor.weights"].description

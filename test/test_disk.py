@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from glue_ros import synthetic
 from glue_ros.config import ExtractorConfig
@@ -21,7 +22,7 @@ from glue_ros.features import Features
 from glue_ros.interfaces import DetectionOptions, Extractor
 from glue_ros.models import disk as disk_module
 from glue_ros.models.disk import DISK, convert_state_dict, select_top, strict_maxima
-from glue_ros.models.weights import Checkpoint, WeightsError
+from glue_ros.models.weights import WeightsError
 
 import kornia.feature as kornia_feature  # test-only reference (requirements-test.txt): no skip
 
@@ -308,23 +309,21 @@ def test_extractor_protocol(state_dict):
     assert not model.training
 
 
-def test_from_config_resolves_default_weights_and_options(state_dict, monkeypatch):
-    seen = []
-
-    def fake_load_checkpoint(source, revision=""):
-        seen.append((source, revision))
-        return Checkpoint(source, Path("."), {}, dict(state_dict["extractor"]))
-
-    monkeypatch.setattr(disk_module, "load_checkpoint", fake_load_checkpoint)
+def test_from_config_resolves_default_weights_and_options(state_dict, tmp_path):
+    """Empty extractor.weights resolves to the packaged, SHA-256-checked disk-depth file; a checkpoint
+    of another model is refused in one line."""
     config = ExtractorConfig(type="disk", weights="", revision="", max_keypoints=512, keypoint_threshold=-1.0,
                              nms_radius=-1, border_removal=6, resize_max=320)
     model = DISK.from_config(config)
-    assert seen == [("disk-depth", "")]
     assert model.options == DetectionOptions(max_keypoints=512, border_removal=6, resize_max=320)
     assert model.options.threshold(disk_module.DEFAULT_THRESHOLD) == 0.0
     assert model.options.radius(disk_module.DEFAULT_NMS_RADIUS) == 2
-
-    monkeypatch.setattr(disk_module, "load_checkpoint",
-                        lambda source, revision="": Checkpoint(source, Path("."), {"model_type": "aliked"}, {}))
+    expected = DISK.from_state_dict(state_dict).state_dict()
+    for key, tensor in expected.items():
+        assert torch.equal(model.state_dict()[key], tensor), key
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "aliked"}')
+    save_file({"w": torch.zeros(1)}, str(other / "model.safetensors"))
     with pytest.raises(WeightsError, match="not disk"):
-        DISK.from_pretrained("some/aliked")
+        DISK.from_pretrained(str(other))

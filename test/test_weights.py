@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 from glue_ros.config import MatcherConfig
 from glue_ros.models import weights
 from glue_ros.models.lightglue import LightGlue
-from glue_ros.models.weights import (DEFAULT_MATCHER_WEIGHTS, PACKAGED, WeightsError, default_matcher_weights,
+from glue_ros.config import DEFAULT_MATCHER_WEIGHTS
+from glue_ros.models.weights import (PACKAGED, WeightsError, default_matcher_weights,
                                      load_checkpoint)
 
 HUB_ID = "ETH-CVG/lightglue_superpoint"

@@ -22,12 +22,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
+
+from glue_ros.models.detection import max_filter
 
 from glue_ros.config import ExtractorConfig
 from glue_ros.features import Features
 from glue_ros.interfaces import DetectionOptions, Extractor
 from glue_ros.models import imaging, xfeat as xfeat_module
-from glue_ros.models.weights import Checkpoint, WeightsError
+from glue_ros.models.weights import WeightsError
 from glue_ros.models.xfeat import XFeat
 from glue_ros.synthetic import render_sequence
 
@@ -331,28 +334,30 @@ def test_lighterglue_checkpoint_copy_loads(frames):
     assert len(features) > 100
 
 
-def test_from_config_and_from_pretrained(monkeypatch, frames, model):
-    asked = []
-
-    def fake_load_checkpoint(source: str, revision: str = "") -> Checkpoint:
-        asked.append((source, revision))
-        return Checkpoint(source, Path(PACKAGE_DIR) / "weights", {}, _load("xfeat.pt"))
-
-    monkeypatch.setattr(xfeat_module, "load_checkpoint", fake_load_checkpoint)
+def test_from_config_and_from_pretrained_use_the_real_resolver(frames, model, tmp_path):
+    """Empty extractor.weights resolves to the packaged, SHA-256-checked xfeat.pt; a .pt file path
+    loads the same; a checkpoint of another model is refused in one line."""
     config = ExtractorConfig(type="xfeat", weights="", max_keypoints=300, keypoint_threshold=-1.0,
                              nms_radius=-1, border_removal=0, resize_max=0)
     built = XFeat.from_config(config)
-    assert asked == [("xfeat", "")]
     assert built.options == DetectionOptions(max_keypoints=300, border_removal=0)
     image = frames[SIZES[0]][0]
     features = built.extract(image)[0]
     assert torch.equal(features.keypoints, model.extract(image)[0].keypoints[:300])
-    XFeat.from_pretrained("some/file.pt", "v1", options=NO_BORDER)
-    assert asked[-1] == ("some/file.pt", "v1")
+    copy = tmp_path / "mine.pt"
+    copy.write_bytes((Path(PACKAGE_DIR) / "weights" / "xfeat.pt").read_bytes())
+    from_file = XFeat.from_pretrained(str(copy), options=NO_BORDER)
+    assert torch.equal(from_file.extract(image)[0].keypoints, model.extract(image)[0].keypoints)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "superpoint"}')
+    save_file({"w": torch.zeros(1)}, str(other / "model.safetensors"))
+    with pytest.raises(WeightsError, match=r"'superpoint' checkpoint, not xfeat \(check extractor.weights\)"):
+        XFeat.from_pretrained(str(other), parameter="extractor.weights")
 
 
 @pytest.mark.parametrize("radius", [0, 1, 2, 3, 5, 9, 20])
 def test_max_filter_equals_max_pool(radius):
     values = torch.randint(0, 6, (2, 23, 37)).float()  # many ties, odd sizes, windows wider than a side
     expected = torch.nn.functional.max_pool2d(values, 2 * radius + 1, stride=1, padding=radius)
-    assert torch.equal(xfeat_module._max_filter(values, radius), expected)
+    assert torch.equal(max_filter(values, radius), expected)

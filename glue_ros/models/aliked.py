@@ -84,13 +84,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ExtractorConfig
-from ..features import Features, Images
+from ..features import Features
 from ..interfaces import DetectionOptions
-from . import imaging
-from .weights import DEFAULT_EXTRACTOR_WEIGHTS, Checkpoint, WeightsError, load_checkpoint, load_into
+from .detection import nms
+from .extractor import LearnedExtractor
+from .weights import Checkpoint, load_into
 
-DEFAULT_WEIGHTS = DEFAULT_EXTRACTOR_WEIGHTS["aliked"]
 DEFAULT_THRESHOLD = 0.2  # on the sigmoid score map
 DEFAULT_NMS_RADIUS = 2  # 5x5 window
 N_LIMIT = 20000  # threshold mode: keep at most this many (the original's n_limit_max)
@@ -291,13 +290,14 @@ def convert_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     return converted
 
 
-class ALIKED(nn.Module):
+class ALIKED(LearnedExtractor):
     """ALIKED network plus the original DKD detection (see the module docstring), behind the
     Extractor protocol. Keypoints are (x, y) pixel coordinates with pixel centres at integers, in the
     input image's own pixels (resizing is undone with ``x_orig = (x + 0.5) * W_orig / W_resized - 0.5``).
     """
 
     features = "aliked"
+    rgb = True  # the network takes RGB (gray input is replicated)
 
     def __init__(self, arch: ALIKEDArch = ALIKEDArch(), options: DetectionOptions | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
@@ -344,36 +344,6 @@ class ALIKED(nn.Module):
         # channels-last: oneDNN's convolutions, pooling and grid_sample are faster in NHWC (~25 % for
         # the whole CNN on a CPU, float32 too); cuDNN's low-precision convolutions prefer it as well
         return model.to(device=device, memory_format=torch.channels_last)
-
-    @classmethod
-    def from_pretrained(cls, weights: str = DEFAULT_WEIGHTS, revision: str = "", *, parameter: str = "",
-                        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                        options: DetectionOptions = DetectionOptions()) -> "ALIKED":
-        checkpoint = load_checkpoint(weights, revision, parameter=parameter)
-        model_type = (checkpoint.config or {}).get("model_type", "aliked")
-        if model_type != "aliked":
-            raise WeightsError(f"weights '{weights}' are a '{model_type}' checkpoint, not aliked "
-                               "(check extractor.weights)")
-        return cls.from_state_dict(checkpoint.state_dict, options, device, dtype, source=weights)
-
-    @classmethod
-    def from_config(cls, config: ExtractorConfig, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "ALIKED":
-        return cls.from_pretrained(config.resolved_weights, config.revision, parameter="extractor.weights",
-                                   device=device, dtype=dtype, options=DetectionOptions.from_config(config))
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    # ------------------------------------------------------------------ inference
-
-    @torch.inference_mode()
-    def extract(self, images: Images) -> list[Features]:
-        """Detect and describe on one image, a list of images (sizes may differ) or a batch (see
-        :mod:`glue_ros.models.imaging` for the accepted forms; gray is replicated to RGB)."""
-        return imaging.extract_batched(images, self.device, rgb=True, resize_max=self.options.resize_max,
-                                       forward=self.forward)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> list[Features]:
@@ -446,7 +416,7 @@ class ALIKED(nn.Module):
     def _detect(self, scores: torch.Tensor, radius: int, border: int) -> list[torch.Tensor]:
         """Per image: flat indices into the (H, W) score map of the kept maxima, in output order."""
         batch, height, width = scores.shape
-        suppressed = _nms(scores, radius)
+        suppressed = nms(scores, radius)
         suppressed[:, :border] = 0
         suppressed[:, height - border:] = 0
         suppressed[:, :, :border] = 0
@@ -584,34 +554,3 @@ class ALIKED(nn.Module):
         return F.normalize(descriptors, p=2, dim=0).t().contiguous()
 
 
-def _sliding_max(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
-    """Max over the window [i - r, i + r] along ``dim`` (outside = -inf), as max_pool2d with
-    stride 1 and padding r, but by doubling shifted maxima: O(log r) elementwise passes (exact;
-    ~30x faster than the CPU max-pool kernel for r = 2)."""
-    if radius == 0:
-        return x
-    size = x.shape[dim]
-    pad = [0, 0] * (x.ndim - 1 - dim % x.ndim) + [radius, radius]
-    out = F.pad(x, pad, value=float("-inf"))
-    width = 1  # out[i] = max of the padded input over [i, i + width)
-    while width < 2 * radius + 1:
-        step = min(width, 2 * radius + 1 - width)
-        length = out.shape[dim] - step
-        out = torch.maximum(out.narrow(dim, 0, length), out.narrow(dim, step, length))
-        width += step
-    return out.narrow(dim, 0, size)
-
-
-def _nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
-    """The original's max-pool NMS of (B, H, W) scores: keep local maxima of the (2r+1)^2 window,
-    then twice re-admit maxima that appear once everything near a kept point is suppressed."""
-
-    def pool(x: torch.Tensor) -> torch.Tensor:  # the square window as a row then a column pass
-        return _sliding_max(_sliding_max(x, radius, -1), radius, -2)
-
-    keep = scores == pool(scores)
-    for _ in range(2):
-        near = pool(keep.float()) > 0
-        rest = scores.masked_fill(near, 0)
-        keep |= (rest == pool(rest)) & ~near
-    return scores.masked_fill(~keep, 0)

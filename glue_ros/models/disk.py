@@ -42,21 +42,17 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import Features, Images
+from ..features import Features
 from ..interfaces import DetectionOptions
-from . import imaging
-from .weights import DEFAULT_EXTRACTOR_WEIGHTS, Checkpoint, WeightsError, load_checkpoint, load_into
+from .extractor import LearnedExtractor
+from .weights import Checkpoint, load_into
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import ExtractorConfig
-
-DEFAULT_WEIGHTS = DEFAULT_EXTRACTOR_WEIGHTS["disk"]
 DEFAULT_THRESHOLD = 0.0  # on the raw heatmap logit
 DEFAULT_NMS_RADIUS = 2  # 5x5 window
 DESCRIPTOR_DIM = 128
@@ -197,7 +193,7 @@ def _single_channel_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return out
 
 
-class DISK(nn.Module):
+class DISK(LearnedExtractor):
     """DISK network plus kornia's detection (see the module docstring), behind the Extractor protocol.
 
     Keypoints are (x, y) pixel coordinates with pixel centres at integers, in the input image's own
@@ -205,6 +201,7 @@ class DISK(nn.Module):
     """
 
     features = "disk"
+    rgb = True  # the network takes RGB (gray input is replicated)
     descriptor_dim = DESCRIPTOR_DIM
 
     def __init__(self, options: DetectionOptions | None = None, dtype: torch.dtype = torch.float32) -> None:
@@ -237,36 +234,6 @@ class DISK(nn.Module):
         if dtype in _LOW_PRECISION:
             model.to(memory_format=torch.channels_last)  # oneDNN/cuDNN low-precision convs prefer NHWC
         return model
-
-    @classmethod
-    def from_pretrained(cls, weights: str = DEFAULT_WEIGHTS, revision: str = "", *, parameter: str = "",
-                        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                        options: DetectionOptions = DetectionOptions()) -> "DISK":
-        checkpoint = load_checkpoint(weights, revision, parameter=parameter)
-        model_type = (checkpoint.config or {}).get("model_type", "disk")
-        if model_type != "disk":
-            raise WeightsError(f"weights '{weights}' are a '{model_type}' checkpoint, not disk "
-                               "(check extractor.weights)")
-        return cls.from_state_dict(checkpoint.state_dict, options, device, dtype, source=weights)
-
-    @classmethod
-    def from_config(cls, config: "ExtractorConfig", device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "DISK":
-        return cls.from_pretrained(config.resolved_weights, config.revision, parameter="extractor.weights",
-                                   device=device, dtype=dtype, options=DetectionOptions.from_config(config))
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    # ------------------------------------------------------------------ inference
-
-    @torch.inference_mode()
-    def extract(self, images: Images) -> list[Features]:
-        """Detect and describe on one image, a list of images (sizes may differ) or a batch (see
-        :mod:`glue_ros.models.imaging` for the accepted forms; gray is replicated to RGB)."""
-        return imaging.extract_batched(images, self.device, rgb=True, resize_max=self.options.resize_max,
-                                       forward=self.forward)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> list[Features]:

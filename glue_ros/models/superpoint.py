@@ -23,17 +23,17 @@ band is measured from that region's edges.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ExtractorConfig
-from ..features import Features, Images
+from ..config import DEFAULT_EXTRACTOR_WEIGHTS
+from ..features import Features
 from ..interfaces import DetectionOptions
-from . import imaging
+from .detection import nms
+from .extractor import LearnedExtractor
 from .weights import WeightsError, config_value, load_checkpoint, load_into
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -104,25 +104,6 @@ class _DescriptorHead(nn.Module):
         return self.conv_descriptor_b(F.relu(self.conv_descriptor_a(x), inplace=True))
 
 
-def nms(scores: torch.Tensor, radius: int) -> torch.Tensor:
-    """Max-pool non-maximum suppression of (B, H, W) scores, as in the original: keep local maxima,
-    then twice re-admit maxima that appear once everything near a kept point is suppressed."""
-    size = 2 * radius + 1
-
-    def pool(x: torch.Tensor) -> torch.Tensor:
-        # A square max-pool split into a row and a column pass: the same values (max is exact and
-        # associative), ~3x faster than the reference's 9x9 window on CPU.
-        x = F.max_pool2d(x, (1, size), stride=1, padding=(0, radius))
-        return F.max_pool2d(x, (size, 1), stride=1, padding=(radius, 0))
-
-    keep = scores == pool(scores)
-    for _ in range(2):
-        near = pool(keep.float()) > 0
-        rest = scores.masked_fill(near, 0)
-        keep |= (rest == pool(rest)) & ~near
-    return scores.masked_fill(~keep, 0)
-
-
 def sample_descriptors(keypoints: torch.Tensor, dense: torch.Tensor, cell: int) -> torch.Tensor:
     """Bilinearly sample L2-normalised descriptors (N, D) from a (D, h, w) map at (N, 2) full-res
     pixel positions. The normalisation (x - cell/2 + 0.5) / (w*cell - cell/2 - 0.5) is the
@@ -134,7 +115,7 @@ def sample_descriptors(keypoints: torch.Tensor, dense: torch.Tensor, cell: int) 
     return F.normalize(sampled.reshape(dim, -1), p=2, dim=0).t().contiguous()
 
 
-class SuperPoint(nn.Module):
+class SuperPoint(LearnedExtractor):
     """SuperPoint network plus the original post-processing.
 
     Keypoints are (x, y) pixel coordinates with pixel centres at integers, in the input image's own
@@ -142,6 +123,7 @@ class SuperPoint(nn.Module):
     """
 
     features = "superpoint"  # Extractor protocol: descriptor family
+    rgb = False  # gray input (RGB is converted with BT.601 weights, as the original preprocessing)
 
     def __init__(self, options: DetectionOptions | None = None, *,
                  encoder_hidden_sizes: Sequence[int] = (64, 64, 128, 128), decoder_hidden_size: int = 256,
@@ -168,14 +150,16 @@ class SuperPoint(nn.Module):
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_pretrained(cls, weights: str, revision: str = "", *, parameter: str = "",
+    def from_pretrained(cls, weights: str = "", revision: str = "", *, parameter: str = "",
                         device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32, **runtime_options) -> "SuperPoint":
+                        dtype: torch.dtype = torch.float32, options: DetectionOptions | None = None,
+                        **runtime_options) -> "SuperPoint":
         """Load weights in any form ``weights.load_checkpoint`` resolves (hub repo id, directory,
         .safetensors, or magicleap's original superpoint_v1.pth, renamed here). Architecture sizes
         come from config.json (defaults for the original file); detection options from
         ``runtime_options`` (see :class:`DetectionOptions`), never from config.json."""
-        options = DetectionOptions(**runtime_options)
+        options = options or DetectionOptions(**runtime_options)
+        weights = weights or DEFAULT_EXTRACTOR_WEIGHTS["superpoint"]
         checkpoint = load_checkpoint(weights, revision, parameter=parameter)
         checkpoint.state_dict = {_our_key(k): v for k, v in checkpoint.state_dict.items()}
         config = checkpoint.config
@@ -196,19 +180,6 @@ class SuperPoint(nn.Module):
         if dtype in _LOW_PRECISION:
             model.to(memory_format=torch.channels_last)  # oneDNN/cuDNN low-precision convs prefer NHWC
         return model
-
-    @classmethod
-    def from_config(cls, config: ExtractorConfig, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "SuperPoint":
-        return cls.from_pretrained(config.resolved_weights, config.revision, parameter="extractor.weights",
-                                   device=device, dtype=dtype,
-                                   **dataclasses.asdict(DetectionOptions.from_config(config)))
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    # ------------------------------------------------------------------ inference
 
     @torch.inference_mode()
     def forward(self, gray: torch.Tensor) -> list[Features]:
@@ -254,15 +225,3 @@ class SuperPoint(nn.Module):
         if len(keypoints) == 0:
             return Features.empty(image_size, self.descriptor_dim, scores.device)
         return Features(keypoints, kept, sample_descriptors(keypoints, dense, self.cell), image_size)
-
-    @torch.inference_mode()
-    def extract(self, images: Images) -> list[Features]:
-        """Detect and describe on one image, a list of images (sizes may differ) or a batch.
-
-        Accepted: numpy arrays or torch tensors, channels last: H×W (gray), H×W×3 (RGB), H×W×1,
-        N×H×W or N×H×W×3 (batches); uint8 (0..255), uint16 (0..65535) or float in [0, 1].
-        Returns one Features per image, keypoints in that image's pixels. Same-size images share
-        one CNN batch. ``resize_max`` shrinks with cv2.INTER_AREA (grayscale first, float32).
-        """
-        return imaging.extract_batched(images, self.device, rgb=False, resize_max=self.options.resize_max,
-                                       forward=self.forward)

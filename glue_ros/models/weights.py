@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+from ..config import DEFAULT_MATCHER_WEIGHTS, OFFLINE_PROFILES, FrontEndConfig
+
 if TYPE_CHECKING:  # torch is imported where tensors are read: the registry and the default tables
     import torch  # (PACKAGED, DEFAULT_*_WEIGHTS) import without it, e.g. from glue_ros.config
     from torch import nn
@@ -130,24 +132,6 @@ PACKAGED: dict[str, PackagedWeights] = {p.name: p for p in (
               "Apache-2.0", "xfeat", "matcher", "verlab/accelerated_features"),
 )}
 
-#: Default weights of each feature extractor type (the one place; config/backends read it from here).
-DEFAULT_EXTRACTOR_WEIGHTS: dict[str, str] = {
-    "superpoint": "magic-leap-community/superpoint",
-    "aliked": "aliked-n16",
-    "disk": "disk-depth",
-    "xfeat": "xfeat",
-}
-
-#: Default weights of each learned matcher type for each feature family (the one place).
-DEFAULT_MATCHER_WEIGHTS: dict[str, dict[str, str]] = {
-    "lightglue": {
-        "superpoint": "ETH-CVG/lightglue_superpoint",
-        "aliked": "aliked-lightglue",
-        "disk": "disk-lightglue",
-        "xfeat": "xfeat-lighterglue",
-    },
-    "superglue": {"superpoint": "magic-leap-community/superglue_indoor"},
-}
 
 
 def default_matcher_weights(matcher: str, features: str | None = None) -> str:
@@ -316,8 +300,6 @@ def reset_hub_probe() -> None:
 
 
 def _offline_alternative() -> str:
-    from ..config import OFFLINE_PROFILES
-
     suggested = "xfeat_lighterglue" if "xfeat_lighterglue" in OFFLINE_PROFILES else OFFLINE_PROFILES[0]
     return (f"or use --profile {suggested} (or profile:={suggested}), which ships its weights "
             f"(profiles needing no download: {', '.join(OFFLINE_PROFILES)})")
@@ -431,8 +413,6 @@ def _resolve(source: str, revision: str, parameter: str) -> Path:
 
 def _weights_sources(config) -> list[tuple[str, str, str]]:
     """(parameter, weights, revision) a front-end configuration loads (flat dict or FrontEndConfig)."""
-    from ..config import FrontEndConfig
-
     if isinstance(config, Mapping):
         config = FrontEndConfig.from_flat(config)
     extractor, matcher = config.extractor, config.matcher

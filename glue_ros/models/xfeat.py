@@ -46,19 +46,17 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..features import Features, Images
+from ..features import Features
 from ..interfaces import DetectionOptions
-from . import imaging
-from .weights import DEFAULT_EXTRACTOR_WEIGHTS, Checkpoint, WeightsError, load_checkpoint, load_into
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import ExtractorConfig
+from .detection import max_filter
+from .extractor import LearnedExtractor
+from .weights import Checkpoint, WeightsError, load_into
 
 DETECTION_THRESHOLD = 0.05  # heatmap threshold (strict >), the reference's detection_threshold
 NMS_RADIUS = 2  # max-pool NMS window 2r+1 = 5, the reference's kernel_size
@@ -66,7 +64,6 @@ REFERENCE_TOP_K = 4096  # the reference's default top_k (ours: options.max_keypo
 DESCRIPTOR_DIM = 64
 CELL = 8  # keypoint logits: one 8x8 pixel cell per position of the 1/8 map
 SIZE_MULTIPLE = 32  # the network input is resized down to multiples of this (the coarsest stride)
-DEFAULT_WEIGHTS = DEFAULT_EXTRACTOR_WEIGHTS["xfeat"]
 
 _BN_EPS = 1e-5
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -123,25 +120,6 @@ def _block(name: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _max_filter(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Max over the (2r+1)^2 window around each pixel of (B, H, W), borders padded with -inf: the
-    values of the reference's stride-1 max-pool (max is exact). Separable, and per direction
-    log2(2r+1) + 1 elementwise maxima of shifted views (window doubling); on CPU ~50x faster than
-    F.max_pool2d on a one-channel full-resolution map."""
-    size = 2 * radius + 1
-    for dim in (-1, -2):
-        length = x.shape[dim]
-        running = F.pad(x, (radius, radius) if dim == -1 else (0, 0, radius, radius), value=float("-inf"))
-        span = 1  # running[i] = max of the padded line over [i, i + span)
-        while 2 * span <= size:
-            kept = running.shape[dim] - span
-            running = torch.maximum(running.narrow(dim, 0, kept), running.narrow(dim, span, kept))
-            span *= 2
-        # two windows of `span` >= size / 2 cover [i, i + size)
-        x = torch.maximum(running.narrow(dim, 0, length), running.narrow(dim, size - span, length))
-    return x
-
-
 def _cells_to_channels(x: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) -> (B, 64, H/8, W/8): each 8x8 cell's pixels as channels (row-major within the cell),
     i.e. ``F.pixel_unshuffle(x, 8)``, produced directly in channels-last memory (one copy, no
@@ -182,7 +160,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torc
     return converted
 
 
-class XFeat(nn.Module):
+class XFeat(LearnedExtractor):
     """XFeat network plus the reference's sparse post-processing (see the module docstring).
 
     Build with :meth:`from_state_dict`, :meth:`from_pretrained` or :meth:`from_config`: they load the
@@ -190,6 +168,7 @@ class XFeat(nn.Module):
     (pixel centres at integers), sorted by descending score."""
 
     features = "xfeat"
+    rgb = False  # the network takes gray (RGB input is converted, BT.601)
     descriptor_dim = DESCRIPTOR_DIM
 
     def __init__(self, options: DetectionOptions | None = None, *, dtype: torch.dtype = torch.float32) -> None:
@@ -225,37 +204,6 @@ class XFeat(nn.Module):
         # channel reductions (softmax, descriptor norms) read contiguous memory.
         return model.to(device, memory_format=torch.channels_last)
 
-    @classmethod
-    def from_pretrained(cls, weights: str = DEFAULT_WEIGHTS, revision: str = "", *, parameter: str = "",
-                        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                        options: DetectionOptions | None = None) -> "XFeat":
-        """Load ``weights`` (a packaged name such as ``"xfeat"``, a .pt/.safetensors file, a directory
-        or a hub id: whatever :func:`weights.load_checkpoint` resolves)."""
-        checkpoint = load_checkpoint(weights, revision, parameter=parameter)
-        return cls.from_state_dict(checkpoint.state_dict, options, device, dtype, source=checkpoint.source)
-
-    @classmethod
-    def from_config(cls, config: "ExtractorConfig", device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "XFeat":
-        """From an ``ExtractorConfig``: weights ``config.resolved_weights``, detection options from
-        its fields (``keypoint_threshold`` / ``nms_radius`` < 0 = this model's defaults)."""
-        return cls.from_pretrained(config.resolved_weights, config.revision, parameter="extractor.weights",
-                                   device=device, dtype=dtype, options=DetectionOptions.from_config(config))
-
-    @property
-    def device(self) -> torch.device:
-        return self.skip1[1].weight.device
-
-    # ------------------------------------------------------------------ inference
-
-    @torch.inference_mode()
-    def extract(self, images: Images) -> list[Features]:
-        """Detect and describe on one image, a list of images (sizes may differ) or an N×H×W(×C)
-        batch; uint8, uint16 or float in [0, 1]; gray or RGB (see ``imaging``). One Features per
-        image, keypoints in that image's pixels. Same-size images share one CNN batch."""
-        return imaging.extract_batched(images, self.device, rgb=False, resize_max=self.options.resize_max,
-                                       forward=self.forward)
-
     @torch.inference_mode()
     def forward(self, gray: torch.Tensor) -> list[Features]:
         """Detect and describe on a (B, 1, H, W) float batch in [0, 1] (no ``resize_max`` here);
@@ -273,7 +221,7 @@ class XFeat(nn.Module):
         logits, reliability, dense = self._dense(x)
         heatmap = _heatmap(logits)  # (B, H32, W32)
         threshold = self.options.threshold(DETECTION_THRESHOLD)
-        peaks = (heatmap > threshold) & (heatmap == _max_filter(heatmap, self.options.radius(NMS_RADIUS)))
+        peaks = (heatmap > threshold) & (heatmap == max_filter(heatmap, self.options.radius(NMS_RADIUS)))
         dense = F.normalize(dense, dim=1)
         return [self._select(heatmap[b], peaks[b], reliability[b], dense[b], (width, height))
                 for b in range(batch)]
