@@ -130,7 +130,6 @@ def test_broken_weights_and_unusable_device_exit_with_one_clear_error(checkpoint
         for name, (params, _, env) in cases.items():
             procs[name] = rg.start_node(namespace=f"/t_fault_{name}", params=dict(ORB, **params), log_dir=tmp_path,
                                         label=name, env=rg.child_env(**env))
-        start = time.monotonic()
         for name, proc in procs.items():
             code = proc.wait(timeout=60.0)
             out = proc.output()
@@ -142,8 +141,6 @@ def test_broken_weights_and_unusable_device_exit_with_one_clear_error(checkpoint
             assert cases[name][1] in errors[0], (name, errors[0])
             if name.startswith("extractor_") and name != "extractor_missing_dir":  # names the directory
                 assert str(tmp_path / name[len("extractor_"):]) in errors[0], errors[0]
-        # all of them at once on a small machine; each alone fails in 1-3 s
-        assert time.monotonic() - start < 60.0
     finally:
         for proc in procs.values():
             proc.close()
