@@ -109,6 +109,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     _p("pose.min_parallax_px", 2.0, "Median inlier displacement below which motion may be pure rotation.",
        min=0.0, max=1000.0, live=True),
     # --- camera fallback intrinsics (used when no CameraInfo arrives)
+    _p("pose.min_translation_parallax_px", 1.0, "Rotation-compensated median inlier parallax (pixels) below which "
+       "the translation direction is unobservable: pose invalid (reason low_parallax), rotation still valid. "
+       "0 disables.", min=0.0, max=1000.0, live=True),
     _p("camera.fx", 0.0, "Fallback focal length x (pixels); 0 = none.", min=0.0, max=1e6),
     _p("camera.fy", 0.0, "Fallback focal length y (pixels); 0 = none.", min=0.0, max=1e6),
     _p("camera.cx", 0.0, "Fallback principal point x (pixels).", min=-1e6, max=1e6),
@@ -364,6 +367,7 @@ class PoseConfig:
     min_inliers: int = default("pose.min_inliers")
     rotation_only_ratio: float = default("pose.rotation_only_ratio")
     min_parallax_px: float = default("pose.min_parallax_px")
+    min_translation_parallax_px: float = default("pose.min_translation_parallax_px")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from glue_ros.config import PoseConfig
 from glue_ros.geometry import (UNOBSERVABLE_VARIANCE, CameraModel, estimate_relative_pose, matrix_from_quaternion,
                                normalize_points, project_points, quaternion_from_matrix, rotation_angle_deg,
                                skew, so3_exp, translation_angle_deg)
+from glue_ros.synthetic import render_sequence
 
 CAM = CameraModel.from_intrinsics(500.0, 500.0, 319.5, 239.5, 640, 480)
 
@@ -292,3 +293,38 @@ def test_analytic_jacobian_matches_finite_differences():
     B = G._tangent_basis(t_cv)
     np.testing.assert_allclose(G._jacobian(R_cv, t_cv, h0, h1, B), G._numeric_jacobian(R_cv, t_cv, h0, h1, B),
                                rtol=1e-5, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- low parallax (ORB)
+
+
+def _orb_pair_pose(seq, i, j, **pose):
+    from glue_ros.classical import ClassicalExtractor, NearestNeighborMatcher
+    from glue_ros.config import PoseConfig
+
+    features = ClassicalExtractor("orb", 600).extract([seq.images[i], seq.images[j]])
+    pair = NearestNeighborMatcher(0.8).match([features[0]], [features[1]])[0]
+    k0, k1 = features[0].keypoints_numpy(), features[1].keypoints_numpy()
+    return estimate_relative_pose(k0[pair.matches[:, 0]], k1[pair.matches[:, 1]], seq.camera, seq.camera,
+                                  PoseConfig(**pose))
+
+
+def test_low_parallax_orb_translation_is_not_flipped():
+    """Once a repro of ORB at 2-6 px parallax returning a *valid* pose with the translation flipped
+    (150-180°): the sign of t is now re-chosen after every re-classification."""
+    seq = render_sequence(12, 320, 240, motion="sideways", speed=1.5, seed=4)
+    for i, j in ((1, 3), (2, 5)):
+        pose = _orb_pair_pose(seq, i, j)
+        assert pose.valid, pose.reason  # measured: 1.6° and 3.2° (the old code: 151° and 156°)
+        R, t = seq.relative_pose(i, j)
+        assert translation_angle_deg(pose.translation, t) < 20.0, (i, j)
+
+
+def test_low_parallax_gate_invalidates_translation_only():
+    seq = render_sequence(12, 320, 240, motion="sideways", speed=1.5, seed=4)
+    gated = _orb_pair_pose(seq, 2, 5, min_translation_parallax_px=50.0, min_parallax_px=0.0)  # no pure-rotation flag
+    assert gated.reason == "low_parallax" and not gated.valid and gated.rotation_valid
+    assert np.allclose(gated.translation, 0) and gated.covariance[0, 0] > 1e5  # translation unobservable
+    R, _ = seq.relative_pose(2, 5)
+    assert rotation_angle_deg(gated.rotation, R) < 1.0
+    assert _orb_pair_pose(seq, 2, 5, min_translation_parallax_px=0.0, min_parallax_px=0.0).reason != "low_parallax"
