@@ -15,6 +15,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from margins import (assert_few_fragile, assert_same_batched_pairs, assert_same_lightglue_pair, assert_same_matches,
+                     compare_decisions, final_points, flip_tolerance, fragile_argmax, fragile_rows, max_difference,
+                     our_decisions, pair_of, row_margins, scatter_assignment, transformers_decisions)
 
 from glue_ros.config import MatcherConfig
 from glue_ros.features import Features
@@ -25,6 +28,9 @@ HUB_ID = "ETH-CVG/lightglue_superpoint"
 OFF = dict(depth_confidence=-1, width_confidence=-1)
 ON = dict(depth_confidence=0.95, width_confidence=0.99)
 SILENT = -100.0  # token bias: never confident, so no exit and no pruning at that layer
+# Exit / prune decisions whose token confidence or matchability lies within the tolerance of its threshold
+# (2 d, d measured between the two runs compared, see margins.py), per comparison; observed: 0.
+MAX_FRAGILE_DECISIONS = 2
 
 
 # --------------------------------------------------------------------------- inputs
@@ -108,7 +114,8 @@ def in_frame(f: Features, size) -> torch.Tensor:
 
 
 def run_reference(ref, pairs, *, depth, width, threshold=0.0, patched=True) -> list[dict]:
-    """transformers' _match_image_pair on padded pairs (image sizes of the first image0)."""
+    """transformers' _match_image_pair on padded pairs (image sizes of the first image0). Besides its
+    outputs, per pair: the exit / prune decisions it took and its final log assignment at full size."""
     ref.depth_confidence, ref.width_confidence, ref.filter_threshold = depth, width, threshold
     if patched:
         ref._do_final_keypoint_pruning = fixed_final_pruning.__get__(ref)
@@ -122,22 +129,28 @@ def run_reference(ref, pairs, *, depth, width, threshold=0.0, patched=True) -> l
         for side, f in enumerate(pair):
             kpts[k, side, : len(f)], desc[k, side, : len(f)] = in_frame(f, size), f.descriptors
             mask[k, side, : len(f)] = 1
-    assignments = []
-    hooks = [head.register_forward_hook(lambda module, args, out: assignments.append(out))
-             for head in ref.match_assignment_layers]
+    assignments = []  # (layer, log assignment of the pairs that stopped there, in batch order)
+    hooks = [head.register_forward_hook(lambda module, args, out, i=i: assignments.append((i, out)))
+             for i, head in enumerate(ref.match_assignment_layers)]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), transformers_decisions(ref) as runs:
             matches, scores, prune, *_ = ref._match_image_pair(kpts, desc, size[1], size[0], mask=mask)
     finally:
         for hook in hooks:
             hook.remove()
     matches, scores = matches.reshape(len(pairs), 2, n), scores.reshape(len(pairs), 2, n)  # deviation 4
+    decisions = runs[0]
+    last = len(ref.match_assignment_layers) - 1
+    stops = [next((i for i, d in sorted(decisions.get(k, {}).items()) if d.stopped), last) for k in range(len(pairs))]
     out = []
     for k, (f0, f1) in enumerate(pairs):
         n0, n1 = len(f0), len(f1)
+        (la,) = [a[sum(s == stops[k] for s in stops[:k])] for i, a in assignments if i == stops[k]]
+        points = final_points(decisions.get(k, {}), n0, n1)
         out.append(dict(matches0=matches[k, 0, :n0], matches1=matches[k, 1, :n1], scores0=scores[k, 0, :n0],
                         scores1=scores[k, 1, :n1], prune0=prune[k, 0, :n0], prune1=prune[k, 1, :n1],
-                        log_assignment=assignments[-1][k] if len(pairs) == 1 else None))
+                        log_assignment=scatter_assignment(la, *points, n0, n1), decisions={0: decisions.get(k, {})},
+                        depth=depth, width=width, threshold=threshold))
     return out
 
 
@@ -223,51 +236,49 @@ def forward_pair(model: LightGlue, f0: Features, f1: Features):
     return model.forward_features([f0], [f1])
 
 
-def assert_log_assignment_close(ours_la: torch.Tensor, ref_la: torch.Tensor, keep0: torch.Tensor,
-                                keep1: torch.Tensor, rtol: float = 1e-4) -> None:
-    """Ours (full size, -inf for pruned) vs the reference's (surviving points first, padded, dustbin last)."""
-    rows, cols = torch.nonzero(keep0).squeeze(1), torch.nonzero(keep1).squeeze(1)
-    mine = ours_la[torch.cat([rows, torch.tensor([len(keep0)])])][:, torch.cat([cols, torch.tensor([len(keep1)])])]
-    ref_rows = torch.cat([torch.arange(len(rows)), torch.tensor([ref_la.shape[0] - 1])])
-    ref_cols = torch.cat([torch.arange(len(cols)), torch.tensor([ref_la.shape[1] - 1])])
-    theirs = ref_la[ref_rows][:, ref_cols]
-    assert torch.isfinite(mine).all()
-    assert (mine - theirs).abs().max() <= rtol * theirs.abs().max()
-    # Random weights give few mutual matches, so also compare every point's best candidate.
-    assert torch.equal(mine[:-1, :-1].argmax(1), theirs[:-1, :-1].argmax(1))
-    assert torch.equal(mine[:-1, :-1].argmax(0), theirs[:-1, :-1].argmax(0))
+def recorded(model: LightGlue, feats0, feats1):
+    """Our forward on pairs with the exit / prune decisions it took: (output, Decisions)."""
+    with our_decisions(model) as runs:
+        out = model.forward_features(feats0, feats1)
+    return out, runs[0]
 
 
-def assert_same_as_reference(out, ref: dict, keep0=None, keep1=None) -> None:
+def recorded_pair(model: LightGlue, f0: Features, f1: Features):
+    return recorded(model, [f0], [f1])
+
+
+def assert_same_pair_matches_result(a, b) -> None:
+    """Two PairMatches of the same computation: identical."""
+    assert a.matches.tolist() == b.matches.tolist() and a.scores.tolist() == b.scores.tolist()
+    assert (a.stop_layer, a.pruned0, a.pruned1) == (b.stop_layer, b.pruned0, b.pruned1)
+
+
+def assert_raised_by_reference(raised: pytest.ExceptionInfo) -> None:
+    """The exception came from transformers' code (not from the recording around it)."""
+    assert "transformers" in str(raised.traceback[-1].path), raised.traceback[-1]
+
+
+def assert_same_as_reference(ours: LightGlue, run, ref: dict, k: int = 0, max_fragile: int = MAX_FRAGILE_DECISIONS,
+                             ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Pair ``k`` of our recorded run equals the reference's run of it: the same exit and prune decisions up
+    to fragile ones (see margins.py; at most ``max_fragile``, 0 where forced heads keep every decision
+    clear), then the same layer counts (if the reference prunes) and matches, best candidates and log
+    assignment (see margins.assert_same_lightglue_pair). Returns the rows / columns compared, None if a
+    fragile decision went the other way (then nothing after it is comparable)."""
+    out, decisions = run
+    cmp = compare_decisions(decisions, ref["decisions"], ours.confidence_threshold, ref["depth"], ref["width"],
+                            pairs={0: k})
+    print(f"ours vs transformers: {cmp}")
+    assert cmp.fragile <= max_fragile, str(cmp)
+    assert ref["threshold"] == ours.config.filter_threshold
+    if cmp.diverged:
+        return None
     n0, n1 = len(ref["matches0"]), len(ref["matches1"])
-    assert torch.equal(out.matches0[0, :n0], ref["matches0"].long())
-    assert torch.equal(out.matches1[0, :n1], ref["matches1"].long())
-    torch.testing.assert_close(out.matching_scores0[0, :n0], ref["scores0"], atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.matching_scores1[0, :n1], ref["scores1"], atol=1e-5, rtol=0)
-    keep0 = torch.ones(n0, dtype=torch.bool) if keep0 is None else keep0
-    keep1 = torch.ones(n1, dtype=torch.bool) if keep1 is None else keep1
-    if ref["log_assignment"] is not None:
-        assert_log_assignment_close(out.log_assignment[0], ref["log_assignment"], keep0, keep1)
-
-
-def assert_same_pairs(batched, singles, counts) -> None:
-    """Batched output rows equal the single-pair outputs (on each pair's own points)."""
-    for k, (single, (n0, n1)) in enumerate(zip(singles, counts)):
-        assert torch.equal(batched.matches0[k, :n0], single.matches0[0, :n0])
-        assert torch.equal(batched.matches1[k, :n1], single.matches1[0, :n1])
-        torch.testing.assert_close(batched.matching_scores0[k, :n0], single.matching_scores0[0, :n0],
-                                   atol=1e-5, rtol=0)
-        assert batched.stop_layer[k] == single.stop_layer[0]
-        assert torch.equal(batched.pruned0[k, :n0], single.pruned0[0, :n0])
-        assert torch.equal(batched.pruned1[k, :n1], single.pruned1[0, :n1])
-        assert torch.equal(batched.layers0[k, :n0], single.layers0[0, :n0])
-        la, la1 = batched.log_assignment[k], single.log_assignment[0]
-        mine = la[list(range(n0)) + [-1]][:, list(range(n1)) + [-1]]
-        theirs = la1[list(range(n0)) + [-1]][:, list(range(n1)) + [-1]]
-        finite = torch.isfinite(theirs)
-        assert torch.equal(finite, torch.isfinite(mine))
-        if finite.any():
-            assert (mine[finite] - theirs[finite]).abs().max() <= 1e-4 * theirs[finite].abs().max()
+    if ref["depth"] > 0 and ref["width"] > 0:  # the reference counts the layers each point ran as we do
+        assert torch.equal(ref["prune0"].long(), out.layers0[k, :n0])
+        assert torch.equal(ref["prune1"].long(), out.layers1[k, :n1])
+    expected = ref["matches0"].long(), ref["matches1"].long(), ref["scores0"], ref["scores1"], ref["log_assignment"]
+    return assert_same_lightglue_pair(pair_of(out, k, n0, n1), expected, ours.config.filter_threshold)
 
 
 # --------------------------------------------------------------------------- loading
@@ -329,27 +340,27 @@ def test_cross_attention_with_tied_qk_is_the_originals_bidirectional_block(loade
 @pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
 def test_parity_with_reference(ours, reference, options):
     f0, f1 = synth_pair(320, 288, seed=1)
-    out = forward_pair(ours.with_options(**options), f0, f1)
+    run = recorded_pair(ours.with_options(**options), f0, f1)
     ref = run_reference(reference, [(f0, f1)], depth=options["depth_confidence"],
                         width=options["width_confidence"])[0]
-    assert_same_as_reference(out, ref)
-    assert (out.matches0 >= 0).sum() >= 1
-    if options is ON:  # same layer count per point (random weights may exit early, never prune here)
-        assert torch.equal(ref["prune0"].long(), out.layers0[0]) and torch.equal(ref["prune1"].long(), out.layers1[0])
+    compared = assert_same_as_reference(ours, run, ref)  # incl. the layer count per point with ON
+    if compared is not None:  # None: a fragile exit decision went the other way (allowed, never seen)
+        assert (run[0].matches0[0][compared[0]] >= 0).sum() >= 1
 
 
 @pytest.mark.parametrize("sizes", [((640, 480), (1280, 720)), ((320, 240), (480, 640))], ids=str)
 def test_parity_with_very_different_image_sizes(ours, reference, sizes):
     f0, f1 = synth_pair(256, 300, seed=2, size0=sizes[0], size1=sizes[1])
-    out = forward_pair(ours.with_options(**ON), f0, f1)
+    run = recorded_pair(ours.with_options(**ON), f0, f1)
     ref = run_reference(reference, [(f0, f1)], depth=0.95, width=0.99)[0]
-    assert_same_as_reference(out, ref)
+    assert_same_as_reference(ours, run, ref)
 
 
 def test_forced_exit_and_pruning_match_patched_reference(ours, reference):
     f0, f1 = synth_pair(320, 288, seed=3)
     expect0, expect1 = force_prune_and_exit(ours.with_options(**ON), f0, f1, prune_layer=2, exit_layer=5)
-    out = forward_pair(ours, f0, f1)
+    run = recorded_pair(ours, f0, f1)
+    out = run[0]
     assert out.stop_layer.item() == 6
     assert torch.equal(out.pruned0[0], expect0) and torch.equal(out.pruned1[0], expect1)
     assert 0.2 < (expect0.sum() + expect1.sum()) / (len(f0) + len(f1)) < 0.4
@@ -359,9 +370,8 @@ def test_forced_exit_and_pruning_match_patched_reference(ours, reference):
 
     reference.load_state_dict(ours.state_dict(), strict=False)  # same forced heads
     ref = run_reference(reference, [(f0, f1)], depth=0.95, width=0.99)[0]
-    assert_same_as_reference(out, ref, ~expect0, ~expect1)
-    # transformers counts the layers a point took part in the same way.
-    assert torch.equal(ref["prune0"].long(), out.layers0[0]) and torch.equal(ref["prune1"].long(), out.layers1[0])
+    # the same decisions (forced: clear of any threshold), so the same layer counts per point, and matches
+    assert_same_as_reference(ours, run, ref, max_fragile=0)
 
 
 def test_pruning_min_keypoints_prunes_only_larger_images(ours):
@@ -382,23 +392,35 @@ def test_deviation2_reference_drops_last_keypoint_after_pruning(ours, reference)
     expect0, expect1 = force_prune_and_exit(ours.with_options(**ON), f0, f1)
     assert expect0.sum() != expect1.sum()
     side = 0 if expect0.sum() > expect1.sum() else 1  # the image with fewer survivors
-    out = forward_pair(ours, f0, f1)
-    mine = (out.matches0 if side == 0 else out.matches1)[0]
-    j = int(torch.nonzero(mine >= 0)[-1])  # a matched survivor; move it to the last index
+
+    def sided(out_or_ref, k=None):  # (matches of side, matches of the other side, log assignment with side's rows)
+        if k is None:
+            m, other, la = out_or_ref["matches0"].long(), out_or_ref["matches1"].long(), out_or_ref["log_assignment"]
+        else:
+            m, other, la = out_or_ref.matches0[k], out_or_ref.matches1[k], out_or_ref.log_assignment[k]
+        return (m, other, la) if side == 0 else (other, m, la.T)
+
+    mine, _, la = sided(forward_pair(ours, f0, f1), 0)
+    # The matched survivor clearest of any tie or threshold (robust to rounding); move it to the last index.
+    j = int(torch.where(mine >= 0, row_margins(la, 0.0), -1.0).argmax())
     pair = [f0, f1]
     pair[side] = permuted(pair[side], j, 299)
-    out = forward_pair(ours, *pair)
-    mine, partners = (out.matches0, out.matches1) if side == 0 else (out.matches1, out.matches0)
-    partner = int(mine[0, 299])
-    assert partner >= 0 and partners[0, partner] == 299  # ours: consistent
+    run = recorded_pair(ours, *pair)
+    mine, partners, la = sided(run[0], 0)
+    partner = int(mine[299])
+    assert partner >= 0 and partners[partner] == 299  # ours: consistent
 
     reference.load_state_dict(ours.state_dict(), strict=False)
     ref = run_reference(reference, [tuple(pair)], depth=0.95, width=0.99, patched=False)[0]
-    theirs, their_partners = (ref["matches0"], ref["matches1"]) if side == 0 else (ref["matches1"], ref["matches0"])
+    theirs, their_partners, their_la = sided(ref)
     assert theirs[299] == -1 and their_partners[partner] == 299  # reference: keypoint 299 lost its match
-    assert torch.equal(theirs[:299].long(), mine[0, :299])  # everything else agrees
+    # everything else agrees (up to fragile rows, see margins.py)
+    assert compare_decisions(run[1], ref["decisions"], ours.confidence_threshold, 0.95, 0.99).fragile == 0
+    tol = flip_tolerance(max_difference(la[:-1, :-1], their_la[:-1, :-1]))
+    assert_same_matches(mine, torch.cat([theirs[:299], torch.tensor([partner])]), their_la, 0.0, tol)
+    assert_same_matches(partners, their_partners, their_la.T, 0.0, tol)
     ref = run_reference(reference, [tuple(pair)], depth=0.95, width=0.99, patched=True)[0]
-    assert torch.equal(ref["matches0" if side == 0 else "matches1"].long(), mine[0])
+    assert_same_as_reference(ours, run, ref, max_fragile=0)
 
 
 def test_deviation3_early_exit_only(ours, reference):
@@ -409,15 +431,17 @@ def test_deviation3_early_exit_only(ours, reference):
         for head in ours.token_confidence:
             head.token.bias.fill_(SILENT)
         constant_head(ours.token_confidence[3].token, 20.0)
-    out = forward_pair(ours.with_options(depth_confidence=0.95, width_confidence=-1), f0, f1)
+    run = recorded_pair(ours.with_options(depth_confidence=0.95, width_confidence=-1), f0, f1)
+    out = run[0]
     assert out.stop_layer.item() == 4 and (out.layers0[0] == 4).all() and not out.pruned0.any()
 
     reference.load_state_dict(ours.state_dict(), strict=False)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError) as raised:
         run_reference(reference, [(f0, f1)], depth=0.95, width=-1)
+    assert_raised_by_reference(raised)
     ref = run_reference(reference, [(f0, f1)], depth=0.95, width=1.0)[0]
     assert (ref["prune0"] == 4).all()  # it stopped after layer 4 too
-    assert_same_as_reference(out, ref)
+    assert_same_as_reference(ours, run, ref, max_fragile=0)
 
 
 def test_deviation3_pruning_only(ours, reference):
@@ -438,18 +462,20 @@ def test_deviation3_pruning_only(ours, reference):
     with torch.no_grad():  # matchability > 1 - 0.99 iff logit > t
         head.bias.fill_(math.log((1 - 0.99) / 0.99) - t)
     expect0, expect1 = z[0, : len(f0)] < t, z[1, : len(f1)] < t
-    out = forward_pair(ours, f0, f1)
+    run = recorded_pair(ours, f0, f1)
+    out = run[0]
     assert out.stop_layer.item() == 9
     assert torch.equal(out.pruned0[0], expect0) and torch.equal(out.pruned1[0], expect1)
 
     reference.load_state_dict(ours.state_dict(), strict=False)
-    with pytest.raises(UnboundLocalError):
+    with pytest.raises(UnboundLocalError) as raised:
         run_reference(reference, [(f0, f1)], depth=-1, width=0.99)
+    assert_raised_by_reference(raised)
     with torch.no_grad():
         for head in reference.token_confidence:
             constant_head(head.token, 20.0)
     ref = run_reference(reference, [(f0, f1)], depth=1.0, width=0.99)[0]
-    assert_same_as_reference(out, ref, ~expect0, ~expect1)
+    assert_same_as_reference(ours, run, ref, max_fragile=0)
 
 
 def test_deviation4_reference_shape_with_adaptive_off(ours, reference):
@@ -462,15 +488,19 @@ def test_deviation4_reference_shape_with_adaptive_off(ours, reference):
     with torch.no_grad():
         matches, scores, prune, *_ = reference._match_image_pair(kpts, desc, 480, 640, mask=mask)
     assert matches.shape == (4, 200) and scores.shape == (4, 200) and prune.shape == (2, 2, 200)
-    out = ours.with_options(**OFF).forward_features([p[0] for p in pairs], [p[1] for p in pairs])
-    assert out.matches0.shape == (2, 200) and out.matches1.shape == (2, 200)
-    assert torch.equal(matches.reshape(2, 2, 200)[:, 0], out.matches0)
-    assert torch.equal(matches.reshape(2, 2, 200)[:, 1], out.matches1)
+    run = recorded(ours.with_options(**OFF), [p[0] for p in pairs], [p[1] for p in pairs])
+    assert run[0].matches0.shape == (2, 200) and run[0].matches1.shape == (2, 200)
+    # (B, 2, N) once reshaped: then the same as ours, pair by pair (up to fragile rows, see margins.py)
+    ref = run_reference(reference, pairs, depth=-1, width=-1)
+    for k, (f0, f1) in enumerate(pairs):
+        assert torch.equal(ref[k]["matches0"], matches.reshape(2, 2, 200)[k, 0, : len(f0)])  # the same call
+        assert torch.equal(ref[k]["matches1"], matches.reshape(2, 2, 200)[k, 1, : len(f1)])
+        assert_same_as_reference(ours, run, ref[k], k)  # no exit or pruning: nothing fragile but matches
 
 
 def exit_pairs_at_different_layers(ours: LightGlue, last_exit: int | None):
     """Two pairs; the more confident one exits after layer 2, the other after ``last_exit`` (or runs to
-    9). Returns the pairs ordered so that pair 1 exits first, and our batched output."""
+    9). Returns the pairs ordered so that pair 1 exits first, and our batched recorded run."""
     pairs = [synth_pair(261, 240, seed=10), synth_pair(261, 240, seed=11)]
     ours.with_options(**ON)
     with torch.no_grad():
@@ -482,10 +512,10 @@ def exit_pairs_at_different_layers(ours: LightGlue, last_exit: int | None):
             constant_head(ours.token_confidence[last_exit - 1].token, 20.0)
     if ours.forward_features(*zip(*pairs)).stop_layer[0] == 2:
         pairs = pairs[::-1]
-    out = ours.forward_features(*zip(*pairs))
-    assert out.stop_layer.tolist() == [last_exit or 9, 2]
-    assert_same_pairs(out, [forward_pair(ours, *p) for p in pairs], [(261, 240)] * 2)
-    return pairs, out
+    run = recorded(ours, *zip(*pairs))
+    assert run[0].stop_layer.tolist() == [last_exit or 9, 2]
+    assert_same_batched_pairs(ours, run, [recorded_pair(ours, *p) for p in pairs], [(261, 240)] * 2, max_fragile=0)
+    return pairs, run
 
 
 def test_reference_crashes_when_only_some_pairs_exit_early(ours, reference):
@@ -494,23 +524,31 @@ def test_reference_crashes_when_only_some_pairs_exit_early(ours, reference):
     early and another reaches the last layer it raises IndexError. Ours handles it."""
     pairs, _ = exit_pairs_at_different_layers(ours, last_exit=None)
     reference.load_state_dict(ours.state_dict(), strict=False)
-    with pytest.raises(IndexError):
+    with pytest.raises(IndexError) as raised:
         run_reference(reference, pairs, depth=0.95, width=0.99)
+    assert_raised_by_reference(raised)
 
 
 def test_reference_swaps_pairs_that_exit_at_different_layers(ours, reference):
     """Found beyond the listed deviations: transformers 5.23 restores the order of early-exited pairs
     with ``indices[indices]`` instead of the inverse permutation, so when pair 1 exits before pair 0
     (both before the last layer) their results are swapped. Ours keeps each pair's own result."""
-    pairs, out = exit_pairs_at_different_layers(ours, last_exit=4)
+    pairs, run = exit_pairs_at_different_layers(ours, last_exit=4)
     reference.load_state_dict(ours.state_dict(), strict=False)
     ref = run_reference(reference, pairs, depth=0.95, width=0.99)
     alone = [run_reference(reference, [pair], depth=0.95, width=0.99)[0] for pair in pairs]
     assert (alone[0]["prune0"] == 4).all() and (alone[1]["prune0"] == 2).all()
     for k in (0, 1):
-        assert torch.equal(alone[k]["matches0"].long(), out.matches0[k])  # the reference alone agrees with ours
-        assert torch.equal(ref[k]["matches0"], alone[1 - k]["matches0"])  # batched: the other pair's result
-        assert torch.equal(ref[k]["prune0"], alone[1 - k]["prune0"])
+        assert_same_as_reference(ours, run, alone[k], k, max_fragile=0)  # the reference alone agrees with ours
+        # Batched, the reference computes each pair as alone (same decisions, log assignment within rounding)...
+        cmp = compare_decisions(ref[k]["decisions"], alone[k]["decisions"], ours.confidence_threshold, 0.95, 0.99)
+        assert cmp.fragile == 0 and not cmp.diverged, str(cmp)
+        la, their_la = ref[k]["log_assignment"], alone[k]["log_assignment"]
+        tol = flip_tolerance(max_difference(la[:-1, :-1], their_la[:-1, :-1]))
+        # ...but returns the other pair's result in slot 1 - k: matches (up to fragile rows) and layer counts.
+        assert_same_matches(ref[1 - k]["matches0"], alone[k]["matches0"], their_la, 0.0, tol)
+        assert_same_matches(ref[1 - k]["matches1"], alone[k]["matches1"], their_la.T, 0.0, tol)
+        assert torch.equal(ref[1 - k]["prune0"], alone[k]["prune0"])
 
 
 # --------------------------------------------------------------------------- batching
@@ -528,11 +566,12 @@ def keyframes_and_current():
 def test_batched_equals_single_pairs(ours, options):
     keyframes, current, counts = keyframes_and_current()
     ours.with_options(**options)
-    batched = ours.forward_features(keyframes, [current] * 3)
-    singles = [forward_pair(ours, kf, current) for kf in keyframes]
-    assert_same_pairs(batched, singles, counts)
-    for pm, single, kf in zip(ours.match(keyframes, [current] * 3), singles, keyframes):
-        assert pm.matches.tolist() == single.pair(0, len(kf)).matches.tolist()
+    batched = recorded(ours, keyframes, [current] * 3)
+    singles = [recorded_pair(ours, kf, current) for kf in keyframes]
+    # each pair as alone, up to float rounding (other shapes): see margins.assert_same_batched_pairs
+    assert_same_batched_pairs(ours, batched, singles, counts)
+    for k, (pm, kf) in enumerate(zip(ours.match(keyframes, [current] * 3), keyframes)):
+        assert_same_pair_matches_result(pm, batched[0].pair(k, len(kf)))  # match() is this batched forward
 
 
 def test_batched_forced_exits_at_different_layers_and_pruning(ours):
@@ -556,16 +595,16 @@ def test_batched_forced_exits_at_different_layers_and_pruning(ours):
             z, active, out = capture_token_logits(ours, layer, run)
             running = [k for k, s in enumerate(out.stop_layer.tolist()) if s > layer]
             token_threshold(ours, layer, stop_threshold(z, active, [counts[k][0] + counts[k][1] for k in running]))
-    batched = run()
-    assert sorted(batched.stop_layer.tolist()) == [2, 4, 9]
-    assert (batched.pruned0.sum(1) > 0).all() and (batched.pruned1.sum(1) > 0).all()
-    singles = [forward_pair(ours, kf, current) for kf in keyframes]
-    assert_same_pairs(batched, singles, counts)
-    for k, (single, kf) in enumerate(zip(singles, keyframes)):
-        pm, alone = batched.pair(k, len(kf)), single.pair(0, len(kf))
-        assert pm.matches.tolist() == alone.matches.tolist() and len(pm) > 0
+    batched = recorded(ours, keyframes, [current] * 3)
+    out = batched[0]
+    assert sorted(out.stop_layer.tolist()) == [2, 4, 9]
+    assert (out.pruned0.sum(1) > 0).all() and (out.pruned1.sum(1) > 0).all()
+    singles = [recorded_pair(ours, kf, current) for kf in keyframes]
+    compared = assert_same_batched_pairs(ours, batched, singles, counts, max_fragile=0)  # forced: all clear
+    for k, ((single, _), kf, rows) in enumerate(zip(singles, keyframes, compared)):
+        assert (out.matches0[k, : len(kf)][rows[0]] >= 0).sum() > 0
+        pm, alone = out.pair(k, len(kf)), single.pair(0, len(kf))
         assert (pm.stop_layer, pm.pruned0, pm.pruned1) == (alone.stop_layer, alone.pruned0, alone.pruned1)
-        assert abs(pm.scores - alone.scores).max() <= 1e-5
 
 
 # --------------------------------------------------------------------------- edge cases and precision
@@ -582,9 +621,12 @@ def test_empty_and_tiny_inputs(ours):
         assert len(pm) == 0 and pm.matches.shape == (0, 2) and pm.stop_layer == 0
     assert len(results[3]) <= 1 and results[3].stop_layer >= 1
     assert len(results[4]) <= 1
-    for (f0, f1), pm in zip(cases, results):
-        alone = ours.match([f0], [f1])[0]
-        assert pm.matches.tolist() == alone.matches.tolist() and pm.stop_layer == alone.stop_layer
+    batched = recorded(ours, [c[0] for c in cases], [c[1] for c in cases])
+    for k, (pm, (f0, _)) in enumerate(zip(results, cases)):
+        assert_same_pair_matches_result(pm, batched[0].pair(k, len(f0)))  # match() is this batched forward
+    # each pair as alone, up to float rounding: see margins.assert_same_batched_pairs
+    assert_same_batched_pairs(ours, batched, [recorded_pair(ours, *c) for c in cases],
+                              [(len(f0), len(f1)) for f0, f1 in cases])
     assert [len(pm) for pm in ours.match([empty], [empty])] == [0]
     assert ours.match([], []) == []
     with pytest.raises(ValueError):
@@ -606,24 +648,41 @@ def test_image_pruned_to_nothing_ends_its_pair(ours):
     assert z1.max() + 1e-2 < z0.max()
     with torch.no_grad():  # matchability <= 0.01 for every point up to image1's best: all of image1
         head.bias.fill_(math.log(0.01 / 0.99) - float(z1.max()) - 1e-3)
-    out = ours.forward_features([f0, other[0]], [f1, other[1]])
+    batched = recorded(ours, [f0, other[0]], [f1, other[1]])
+    out = batched[0]
     assert out.stop_layer.tolist() == [3, 9] and out.pruned1[0, :60].all() and not out.pruned0[0].all()
     assert (out.matches0[0] == -1).all() and (out.matches1[0] == -1).all()
     assert (out.log_assignment[0] == -math.inf).all() and (out.matches0[1] >= 0).any()
-    assert_same_pairs(out, [forward_pair(ours, f0, f1), forward_pair(ours, *other)], [(300, 60), (40, 50)])
+    assert_same_batched_pairs(ours, batched, [recorded_pair(ours, f0, f1), recorded_pair(ours, *other)],
+                              [(300, 60), (40, 50)], max_fragile=0)
 
 
 @pytest.mark.parametrize("options", [OFF, ON], ids=["adaptive_off", "adaptive_on"])
 def test_bf16_mostly_agrees_with_fp32(ours, options):
+    """bf16 keeps 8 significant bits of the transformer's activations: the log assignment moves by up to
+    d = 0.17 (ON) / 0.37 (OFF) here (entries up to ~20), token confidences by ~5e-3. The rule of margins.py
+    with that d: every decision clear of 2 d is taken as in fp32. bf16 leaves many fragile ones (not
+    bounded here), so the best candidates clear of 2 d must be a good share (observed 49-58 %) and most
+    must agree overall (observed 93-98 %). Mutual matches are compared on the rows clear of 2 d (observed
+    183 of 320 with OFF, 1 with ON, whose columns are flatter)."""
     f0, f1 = synth_pair(320, 300, seed=40)
-    fp32 = forward_pair(ours.with_options(**options), f0, f1)
+    out32, decisions32 = recorded_pair(ours.with_options(**options), f0, f1)
     ours.compute_dtype = torch.bfloat16
-    bf16 = forward_pair(ours, f0, f1)
-    assert bf16.log_assignment.dtype == torch.float32 and torch.isfinite(bf16.log_assignment[0, :-1, :-1]).all()
-    # Random weights give few mutual matches, so compare every point's best candidate as well.
-    best = (fp32.log_assignment[0, :-1, :-1].argmax(1) == bf16.log_assignment[0, :-1, :-1].argmax(1)).float().mean()
-    a = {(i, int(j)) for i, j in enumerate(fp32.matches0[0]) if j >= 0}
-    b = {(i, int(j)) for i, j in enumerate(bf16.matches0[0]) if j >= 0}
-    print(f"bf16 vs fp32 ({options}): best candidate agrees for {best:.1%} of points; matches {len(a)} vs "
-          f"{len(b)}, {len(a & b)} shared; stop layer {int(fp32.stop_layer[0])} vs {int(bf16.stop_layer[0])}")
-    assert best >= 0.8 and len(a & b) >= 0.5 * max(len(a), len(b))
+    out16, decisions16 = recorded_pair(ours, f0, f1)
+    assert out16.log_assignment.dtype == torch.float32 and torch.isfinite(out16.log_assignment[0, :-1, :-1]).all()
+    cmp = compare_decisions(decisions16, decisions32, ours.confidence_threshold, 0.95, 0.99)  # clear ones agree
+    assert_few_fragile(cmp.fragile, cmp.decisions, "exit / prune decisions", max_share=0.01)  # observed 0 of 1864
+    la32, la16 = out32.log_assignment[0], out16.log_assignment[0]
+    tol = flip_tolerance(max_difference(la16[:-1, :-1], la32[:-1, :-1]))
+    agree = la32[:-1, :-1].argmax(1) == la16[:-1, :-1].argmax(1)
+    clear = ~fragile_argmax(la32[:-1, :-1], tol)
+    rows = ~fragile_rows(la32, 0.0, tol)
+    print(f"bf16 vs fp32 ({options}): {cmp}; log assignment tolerance {tol:.2g}; best candidate agrees for "
+          f"{agree.float().mean():.1%} of points, for all {int(clear.sum())} clear of 2 d; matches "
+          f"{int((out32.matches0 >= 0).sum())} vs {int((out16.matches0 >= 0).sum())}, {int(rows.sum())} rows clear; "
+          f"stop layer {int(out32.stop_layer[0])} vs {int(out16.stop_layer[0])}")
+    if cmp.diverged:  # a fragile exit decision went the other way: assignments of different layers
+        return
+    assert out16.stop_layer[0] == out32.stop_layer[0]
+    assert agree[clear].all() and clear.float().mean() >= 0.25 and agree.float().mean() >= 0.8
+    assert torch.equal(out16.matches0[0][rows], out32.matches0[0][rows])  # few rows clear with ON (flat columns)

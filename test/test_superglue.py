@@ -3,7 +3,6 @@ equivalence with the original magicleap head layout, batching, edge cases, preci
 from __future__ import annotations
 
 import contextlib
-import math
 import shutil
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from checkpoints import HUB_IDS
+from margins import assert_same_pair_matches
 from safetensors.torch import load_file, save_file
 from transformers.models.superglue import modeling_superglue as hf
 
@@ -92,53 +92,9 @@ def assert_log_assignment_close(ours: torch.Tensor, ref: torch.Tensor, rel: floa
 
 # Comparing match sets of two computations of the same log assignment (other implementation, other
 # batch shapes, other machine): float32 rounding moves every entry a little (up to ~1e-3 here, next
-# to dustbin entries of ~1e3), which can flip a decision that sits on a near-tie. A row's match is
-# decided by: its best column, that column's best row (mutual check) and exp(best) > match_threshold.
-# When every entry moves by at most d, a decision whose margin exceeds 2 d cannot change; rows with a
-# smaller margin are "fragile", excluded from the comparison, and must be few.
-MAX_FRAGILE_SHARE = 0.1  # of the matches; observed 0-4 of 30-90 matches on x86-64 CPUs
-
-
-def fragile_rows(la: torch.Tensor, threshold: float, tol: float) -> torch.Tensor:
-    """(N,) bool: rows of a pair's (N+1, M+1) log assignment (dustbins last) whose mutual-match
-    decision could change if each entry moved by at most tol / 2."""
-    sim = la[:-1, :-1]
-    n, m = sim.shape
-    inf = torch.full((max(n, m),), math.inf)
-    top_r = sim.topk(min(2, m), dim=1)
-    margin_r = top_r.values[:, 0] - top_r.values[:, 1] if m > 1 else inf[:n]
-    top_c = sim.topk(min(2, n), dim=0)
-    margin_c = top_c.values[0] - top_c.values[1] if n > 1 else inf[:m]
-    best = top_r.indices[:, 0]
-    # exp(x) > 0 fails below float32's smallest subnormal: the boundary of match_threshold = 0
-    log_threshold = math.log(max(threshold, 1.4e-45))
-    return (margin_r <= tol) | (margin_c[best] <= tol) | ((top_r.values[:, 0] - log_threshold).abs() <= tol)
-
-
-def assert_same_matches(got: torch.Tensor, expected: torch.Tensor, expected_la: torch.Tensor, threshold: float,
-                        tol: float) -> torch.Tensor:
-    """``got`` and ``expected`` (N,) matches0 (-1 = none) of one pair agree except on fragile rows
-    (see fragile_rows), which are few. Returns the rows compared (agreeing, not fragile)."""
-    fragile = fragile_rows(expected_la, threshold, tol)
-    differ = got != expected
-    assert not (differ & ~fragile).any(), f"rows {(differ & ~fragile).nonzero()[:, 0].tolist()} differ"
-    involved = fragile & ((got >= 0) | (expected >= 0))
-    assert involved.sum() <= max(2, MAX_FRAGILE_SHARE * (expected >= 0).sum()), \
-        f"{int(involved.sum())} matched rows within {tol:.2g} of a tie/threshold: the comparison is too weak"
-    return ~fragile
-
-
-def assert_same_pair_matches(got: tuple[torch.Tensor, ...], expected: tuple[torch.Tensor, ...],
-                             threshold: float) -> torch.Tensor:
-    """One pair, each side as (matches0, matches1, log assignment (N+1, M+1)): matches0 and matches1
-    agree up to fragile rows / columns, the tolerance being twice the observed largest difference of
-    the log assignments. Returns the rows of image0 and the columns of image1 compared."""
-    (got0, got1, la_got), (exp0, exp1, la_exp) = got, expected
-    n0, n1 = la_exp.shape[0] - 1, la_exp.shape[1] - 1
-    tol = 2 * (la_got[:-1, :-1] - la_exp[:-1, :-1]).abs().max().item()
-    rows = assert_same_matches(got0[:n0], exp0[:n0], la_exp, threshold, tol)
-    cols = assert_same_matches(got1[:n1], exp1[:n1], la_exp.T, threshold, tol)
-    return rows, cols
+# to dustbin entries of ~1e3), which can flip a decision that sits on a near-tie. margins.py holds the
+# rule (decisions within 2 d are fragile, excluded, and few) and assert_same_pair_matches.
+MAX_FRAGILE_SHARE = 0.1  # fragile matched rows, of the matches; observed 0-4 of 30-90 on x86-64 CPUs
 
 
 def pair_output(out: sg.SuperGlueOutput, b: int = 0) -> tuple[torch.Tensor, ...]:
@@ -204,9 +160,10 @@ def test_parity_with_transformers(kind, iterations, pair, reference_models, chec
         matches, scores, _, _ = run_reference(ref, *pair)
     out = run_ours(load(checkpoint_dirs, kind, sinkhorn_iterations=iterations), *pair)
     assert_log_assignment_close(out.log_assignment, captured["log_assignment"])  # incl. dustbins
-    # Same matches, up to the few near-ties that float32 rounding may flip (see fragile_rows).
+    # Same matches, up to the few near-ties that float32 rounding may flip (see margins.fragile_rows).
     rows, cols = assert_same_pair_matches(pair_output(out),
-                                          (matches[0, 0], matches[0, 1], captured["log_assignment"][0]), 0.0)
+                                          (matches[0, 0], matches[0, 1], captured["log_assignment"][0]), 0.0,
+                                          MAX_FRAGILE_SHARE)
     assert (out.matches0[0, rows] >= 0).sum() >= 20  # not a vacuous comparison
     # These random weights give dustbin log-assignment entries of ~1e3, so float32 rounding alone
     # moves a log-score by ~1e-4: compare scores relatively (see test_batch_equals_each_pair_alone).
@@ -286,7 +243,7 @@ def test_below_threshold_mutual_matches_keep_their_score(pair, reference_models,
         matches, scores, _, _ = run_reference(ref, *pair)
     out = run_ours(model, *pair)
     rows, _ = assert_same_pair_matches(pair_output(out), (matches[0, 0], matches[0, 1], captured["log_assignment"][0]),
-                                       threshold)
+                                       threshold, MAX_FRAGILE_SHARE)
     rows = rows[None]  # (1, N) like the outputs
     below = (mutual.matches0 >= 0) & (out.matches0 < 0)  # mutual, but at or below the threshold
     assert below.sum() >= 10
@@ -367,10 +324,10 @@ def test_batch_equals_each_pair_alone(projection_scale, checkpoint_dirs):
         assert np.array_equal(batch[b].matches, torch.stack([idx0, batched.matches0[b, idx0]], 1).numpy())
         assert np.array_equal(batch[b].scores, batched.scores0[b, idx0].numpy())
         # ...and equals the pair on its own (L = max(N, M)) up to float32 rounding: the same matches
-        # except near-ties that rounding may flip (few; see fragile_rows), scores within tolerance.
+        # except near-ties that rounding may flip (few; see margins.fragile_rows), scores within tolerance.
         alone = run_ours(model, f0, f1)
         assert_log_assignment_close(batched.pair_log_assignment(b), alone.pair_log_assignment(0), rel=1e-6)
-        rows, _ = assert_same_pair_matches(pair_output(batched, b), pair_output(alone), 0.0)
+        rows, _ = assert_same_pair_matches(pair_output(batched, b), pair_output(alone), 0.0, MAX_FRAGILE_SHARE)
         n0 = len(rows)
         compared = rows & (alone.matches0[0, :n0] >= 0)
         assert compared.sum() >= 10

@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from margins import assert_few_fragile, flip_tolerance
 from safetensors.torch import load_file, save_file
 
 from glue_ros.config import ExtractorConfig
@@ -152,7 +153,7 @@ def runs(reference, ours) -> Runs:
 # margin exceeds 2 d cannot flip: the NMS comparisons (a pixel against the largest other score in its
 # window, in every suppression round), the detection threshold and the top-k cut. Keypoints next to
 # a smaller margin are "fragile": left out of the comparison, and they must be few. Identical maps
-# (d = 0, the usual case) must give identical keypoints.
+# (d = 0, the usual case) must give identical keypoints. (The rule and its generic helpers: margins.py.)
 # Scores are ~0.01-0.02 here (float32 spacing ~2e-9); the maps compared were bit-identical where this
 # was written (d = 0), and stay comparable for any d up to ~5e-7 (checked with noise of that size).
 HEAT_ATOL = 1e-5  # beyond this the two dense score maps disagree: a real difference, not rounding
@@ -232,7 +233,7 @@ def assert_same_keypoints(got: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     radius, threshold, border = DEFAULT_NMS_RADIUS, DEFAULT_THRESHOLD, BORDER
     d = (heat_got - heat_exp).abs().max().item()
     assert d <= HEAT_ATOL, f"dense score maps differ by {d:.3g}"
-    tol = 2 * d if d > 0 else -1.0  # identical maps: nothing may differ
+    tol = flip_tolerance(d, floor=0.0)  # identical maps (d = 0): -1, nothing may differ
     keep, close = nms_replay(heat_exp, radius, tol)
     zone = _dilate(close, 4 * radius) | ((heat_exp - threshold).abs() <= tol)  # NMS flips reach 4 radii
     height, width = heat_exp.shape
@@ -264,8 +265,7 @@ def assert_same_keypoints(got: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         assert not odd, f"{len(odd)} keypoints {label}, clear of any tie: {odd[:5]}"
     fragile_points = {p for p, f in zip(keys_got, frag_got.tolist()) if f} | \
                      {p for p, f in zip(keys_exp, frag_exp.tolist()) if f}
-    assert len(fragile_points) <= max(2, MAX_FRAGILE_SHARE * len(keys_exp)), \
-        f"{len(fragile_points)} of {len(keys_exp)} keypoints within {tol:.2g} of a tie: comparison too weak"
+    assert_few_fragile(len(fragile_points), len(keys_exp), "keypoints", tol, MAX_FRAGILE_SHARE)
     index_exp = {p: i for i, p in enumerate(keys_exp)}
     ig = [i for i, p in enumerate(keys_got) if p in common and p not in fragile_points]
     ie = [index_exp[keys_got[i]] for i in ig]
