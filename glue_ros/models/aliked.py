@@ -87,7 +87,7 @@ from torch import nn
 from ..features import Features
 from ..interfaces import DetectionOptions
 from .detection import nms
-from .extractor import LearnedExtractor
+from .extractor import LOW_PRECISION, LearnedExtractor
 from .weights import Checkpoint, load_into
 
 DEFAULT_THRESHOLD = 0.2  # on the sigmoid score map
@@ -95,7 +95,6 @@ DEFAULT_NMS_RADIUS = 2  # 5x5 window
 N_LIMIT = 20000  # threshold mode: keep at most this many (the original's n_limit_max)
 SOFT_ARGMAX_TEMPERATURE = 0.1
 SIZE_MULTIPLE = 32  # the encoder pools by 2 * 4 * 4
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 _WRAPPER_PREFIXES = ("module.", "model.", "extractor.")
 _CHUNK_PIXELS = 1 << 16  # full-resolution 1x1 convs run on this many pixels at a time
 _NORM_EPS = 1e-12  # F.normalize's default, as the original's normalisation of the feature map
@@ -302,7 +301,7 @@ class ALIKED(LearnedExtractor):
     def __init__(self, arch: ALIKEDArch = ALIKEDArch(), options: DetectionOptions | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        if dtype not in (torch.float32, *_LOW_PRECISION):
+        if dtype not in (torch.float32, *LOW_PRECISION):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         self.arch = arch
         self.options = options or DetectionOptions()
@@ -374,7 +373,7 @@ class ALIKED(LearnedExtractor):
         return Features.empty(image_size, self.descriptor_dim, self.device)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.compute_dtype in _LOW_PRECISION:
+        if self.compute_dtype in LOW_PRECISION:
             return torch.autocast(device.type, dtype=self.compute_dtype)
         return contextlib.nullcontext()
 

@@ -50,7 +50,7 @@ from torch import nn
 
 from ..features import Features
 from ..interfaces import DetectionOptions
-from .extractor import LearnedExtractor
+from .extractor import LOW_PRECISION, LearnedExtractor
 from .weights import Checkpoint, load_into
 
 DEFAULT_THRESHOLD = 0.0  # on the raw heatmap logit
@@ -61,7 +61,6 @@ DOWN_CHANNELS = (16, 32, 64, 64, 64)
 UP_CHANNELS = (64, 64, 64, DESCRIPTOR_DIM + 1)
 SIZE_MULTIPLE = 2 ** len(UP_CHANNELS)  # 16: one 2x pooling per level below the top
 _INSTANCE_NORM_EPS = 1e-5
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 class _Block(nn.Module):
@@ -206,7 +205,7 @@ class DISK(LearnedExtractor):
 
     def __init__(self, options: DetectionOptions | None = None, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        if dtype not in (torch.float32, *_LOW_PRECISION):
+        if dtype not in (torch.float32, *LOW_PRECISION):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         self.options = options or DetectionOptions()
         self.compute_dtype = dtype
@@ -230,10 +229,7 @@ class DISK(LearnedExtractor):
         checkpoint = Checkpoint(source=source, directory=Path("."), config={},
                                 state_dict=convert_state_dict(state_dict))
         load_into(model, checkpoint)
-        model.to(device)
-        if dtype in _LOW_PRECISION:
-            model.to(memory_format=torch.channels_last)  # oneDNN/cuDNN low-precision convs prefer NHWC
-        return model
+        return model.placed(device, dtype)
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> list[Features]:
@@ -269,7 +265,7 @@ class DISK(LearnedExtractor):
         return results
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
-        if self.compute_dtype in _LOW_PRECISION:
+        if self.compute_dtype in LOW_PRECISION:
             return torch.autocast(device.type, dtype=self.compute_dtype)
         return contextlib.nullcontext()
 
@@ -279,7 +275,7 @@ class DISK(LearnedExtractor):
         height, width = images.shape[-2:]
         x = F.pad(images, (0, -width % SIZE_MULTIPLE, 0, -height % SIZE_MULTIPLE))
         x = x.to(self.down[0].conv.weight.dtype)
-        if self.compute_dtype in _LOW_PRECISION:
+        if self.compute_dtype in LOW_PRECISION:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast(x.device):
             skips = []

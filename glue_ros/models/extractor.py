@@ -16,6 +16,7 @@ from . import imaging
 from .weights import WeightsError, load_checkpoint
 
 Model = TypeVar("Model", bound="LearnedExtractor")
+LOW_PRECISION = (torch.float16, torch.bfloat16)  # compute dtypes that run the CNNs under autocast
 
 
 class LearnedExtractor(nn.Module):
@@ -48,6 +49,13 @@ class LearnedExtractor(nn.Module):
                     dtype: torch.dtype = torch.float32) -> Model:
         return cls.from_pretrained(config.resolved_weights, config.revision, parameter="extractor.weights",
                                    device=device, dtype=dtype, options=DetectionOptions.from_config(config))
+
+    def placed(self: Model, device: torch.device | str, dtype: torch.dtype) -> Model:
+        """Move to ``device``; NHWC memory for low precision (oneDNN/cuDNN low-precision convs prefer it)."""
+        self.to(device)
+        if dtype in LOW_PRECISION:
+            self.to(memory_format=torch.channels_last)
+        return self
 
     @property
     def device(self) -> torch.device:

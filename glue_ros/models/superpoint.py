@@ -33,10 +33,9 @@ from ..config import DEFAULT_EXTRACTOR_WEIGHTS
 from ..features import Features
 from ..interfaces import DetectionOptions
 from .detection import nms
-from .extractor import LearnedExtractor
+from .extractor import LOW_PRECISION, LearnedExtractor
 from .weights import WeightsError, config_value, load_checkpoint, load_into
 
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
 #: Model defaults, used when the options say -1 (see interfaces.DetectionOptions).
@@ -136,7 +135,7 @@ class SuperPoint(LearnedExtractor):
         if keypoint_decoder_dim != self.cell ** 2 + 1:
             raise ValueError(f"keypoint_decoder_dim must be {self.cell}*{self.cell}+1 (one class per pixel of a "
                              f"{self.cell}x{self.cell} cell plus a dustbin), got {keypoint_decoder_dim}")
-        if dtype not in (torch.float32, *_LOW_PRECISION):
+        if dtype not in (torch.float32, *LOW_PRECISION):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         self.options = options or DetectionOptions()
         self.compute_dtype = dtype
@@ -176,10 +175,7 @@ class SuperPoint(LearnedExtractor):
         except (TypeError, ValueError) as exc:
             raise WeightsError(f"weights '{weights}': unusable config.json: {exc}") from None
         load_into(model, checkpoint)
-        model.to(device)
-        if dtype in _LOW_PRECISION:
-            model.to(memory_format=torch.channels_last)  # oneDNN/cuDNN low-precision convs prefer NHWC
-        return model
+        return model.placed(device, dtype)
 
     @torch.inference_mode()
     def forward(self, gray: torch.Tensor) -> list[Features]:
@@ -201,7 +197,7 @@ class SuperPoint(LearnedExtractor):
         weight = self.keypoint_decoder.conv_score_b.weight
         x = x.to(weight.dtype)
         autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if self.compute_dtype in _LOW_PRECISION:
+        if self.compute_dtype in LOW_PRECISION:
             x = x.contiguous(memory_format=torch.channels_last)
             autocast = torch.autocast(x.device.type, dtype=self.compute_dtype)
         with autocast:

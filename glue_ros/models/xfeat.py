@@ -55,7 +55,7 @@ from torch import nn
 from ..features import Features
 from ..interfaces import DetectionOptions
 from .detection import max_filter
-from .extractor import LearnedExtractor
+from .extractor import LOW_PRECISION, LearnedExtractor
 from .weights import Checkpoint, WeightsError, load_into
 
 DETECTION_THRESHOLD = 0.05  # heatmap threshold (strict >), the reference's detection_threshold
@@ -66,7 +66,6 @@ CELL = 8  # keypoint logits: one 8x8 pixel cell per position of the 1/8 map
 SIZE_MULTIPLE = 32  # the network input is resized down to multiples of this (the coarsest stride)
 
 _BN_EPS = 1e-5
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 # (in, out, kernel, stride) of each conv -> BatchNorm (no affine) -> ReLU layer, per block.
 _LAYERS: dict[str, tuple[tuple[int, int, int, int], ...]] = {
@@ -173,7 +172,7 @@ class XFeat(LearnedExtractor):
 
     def __init__(self, options: DetectionOptions | None = None, *, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        if dtype not in (torch.float32, *_LOW_PRECISION):
+        if dtype not in (torch.float32, *LOW_PRECISION):
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype}")
         self.options = options or DetectionOptions()
         self.compute_dtype = dtype
@@ -231,7 +230,7 @@ class XFeat(LearnedExtractor):
         descriptor map (B, 64, h, w)) at 1/8 resolution, float32."""
         x = F.instance_norm(x, eps=1e-5)
         autocast: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if self.compute_dtype in _LOW_PRECISION:
+        if self.compute_dtype in LOW_PRECISION:
             autocast = torch.autocast(x.device.type, dtype=self.compute_dtype)
         with autocast:
             x2 = self.block2(self.block1(x) + self.skip1(x))
