@@ -94,8 +94,9 @@ class FrontEnd:
             return self.extractor.extract(list(images))
 
     def process(self, frame: Frame, features: Features | None = None,
-                previous_input_stamp_ns: int | None = None) -> FrameResult:
-        """Process one frame. ``features`` lets a caller that batched the extraction pass them in.
+                previous_input_stamp_ns: int | None = None, extract_ms: float | None = None) -> FrameResult:
+        """Process one frame. ``features`` lets a caller that extracted elsewhere (batched, or ahead on
+        another thread: ``overlap.ExtractionThread``) pass them in, with the ``extract_ms`` it took.
 
         ``previous_input_stamp_ns``: stamp of the input frame that arrived before this one, when the
         caller dropped frames in between (a live node under load). The camera-gap reset then measures
@@ -103,7 +104,7 @@ class FrontEnd:
         for a camera that stopped."""
         t_start = time.perf_counter()
         timings: dict[str, float] = {}
-        problem = _image_problem(frame.image)
+        problem = image_problem(frame.image)
         if problem:
             return self._rejected(frame, problem)
         height, width = frame.image.shape[:2]
@@ -128,6 +129,8 @@ class FrontEnd:
             t = time.perf_counter()
             features = self.extract([frame.image])[0]
             timings["extract_ms"] = (time.perf_counter() - t) * 1e3
+        elif extract_ms is not None:
+            timings["extract_ms"] = extract_ms
         keypoints = features.keypoints_numpy()
         scores = features.scores.detach().float().cpu().numpy()
         camera = frame.camera
@@ -167,7 +170,7 @@ class FrontEnd:
 
     def process_many(self, frames: Sequence[Frame]) -> list[FrameResult]:
         """Process frames in order, extracting all valid same-size frames in one batched call."""
-        valid = [f for f in frames if not _image_problem(f.image)]
+        valid = [f for f in frames if not image_problem(f.image)]
         features = dict(zip(map(id, valid), self.extract([f.image for f in valid]))) if valid else {}
         return [self.process(f, features.get(id(f))) for f in frames]
 
@@ -237,7 +240,7 @@ class FrontEnd:
             matches=[], keyframe=KeyframeDecision(False, "", newest[0].id if newest else -1), status=reason)
 
 
-def _image_problem(image) -> str:
+def image_problem(image) -> str:
     if not isinstance(image, np.ndarray):
         return "invalid_image"
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):

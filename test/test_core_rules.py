@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from glue_ros.config import (PARAMS, SPECS, ExtractorConfig, FrontEndConfig, KeyframeConfig, MatcherConfig,
-                             ParameterError, PoseConfig)
+                             ParameterError, PipelineConfig, PoseConfig)
 from glue_ros.keyframes import Keyframe, KeyframeBuffer, KeyframeSignals, keyframe_reason, reset_reason
 from glue_ros.tracks import TrackTable
 
@@ -170,10 +170,12 @@ def test_keyframe_buffer_is_bounded_newest_first():
 def test_typed_sections_are_the_parameter_table():
     assert FrontEndConfig() == FrontEndConfig.from_flat({})
     core = {f"{prefix}.{f.name}" for prefix, kind in (("extractor", ExtractorConfig), ("matcher", MatcherConfig),
-                                                    ("keyframes", KeyframeConfig), ("pose", PoseConfig))
+                                                    ("keyframes", KeyframeConfig), ("pose", PoseConfig),
+                                                    ("pipeline", PipelineConfig))
             for f in dataclasses.fields(kind)} | {"device", "precision"}
     assert core <= set(SPECS), "every typed field has a parameter spec"
-    assert {p.name for p in PARAMS if p.name.split(".")[0] in ("extractor", "matcher", "keyframes", "pose")} \
+    assert {p.name for p in PARAMS
+            if p.name.split(".")[0] in ("extractor", "matcher", "keyframes", "pose", "pipeline")} \
         | {"device", "precision"} == core, "every core parameter has a typed field"
     assert FrontEndConfig().to_flat() == {name: SPECS[name].default for name in core}
 

@@ -770,14 +770,14 @@ def _rclpy_compressed(ns: types.SimpleNamespace, stamp: int):
 def predict(msg, compressed: bool) -> str:
     """What the node must do with ``msg``: 'processed' or the rejected.<reason> it must count —
     decided here by the same codec and front-end checks, run in this process."""
-    from glue_ros.frontend import _image_problem
+    from glue_ros.frontend import image_problem
 
     try:
         image = ic.decode_compressed(msg) if compressed else ic.decode_image(msg)
         image = ic.to_gray_or_rgb_uint8(image, getattr(msg, "encoding", ""))
     except ic.ImageDecodeError as exc:
         return exc.reason
-    return _image_problem(image) or "processed"
+    return image_problem(image) or "processed"
 
 
 def _deltas(before: dict, after: dict) -> dict[str, int]:

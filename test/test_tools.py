@@ -56,8 +56,9 @@ def test_replay_bag_round_trip_is_complete_and_deterministic(tmp_path, storage, 
                              layout=layout)
     params = validate(dict(CLASSICAL, **{"keyframes.max_interval_s": 0.1}))
     outputs = []
-    for run in range(2):
-        summary = replay_offline(str(tmp_path / "in"), str(tmp_path / f"out{run}"), params, progress=False)
+    for run, ahead in enumerate((True, False)):  # extraction one frame ahead on its thread, then serial
+        summary = replay_offline(str(tmp_path / "in"), str(tmp_path / f"out{run}"),
+                                 dict(params, **{"pipeline.extract_ahead": ahead}), progress=False)
         assert summary.frames == summary.processed == len(seq) and summary.skipped == 0
         outputs.append(read_bag(tmp_path / f"out{run}"))
     bag = outputs[0]
@@ -94,7 +95,7 @@ def test_replay_bag_round_trip_is_complete_and_deterministic(tmp_path, storage, 
     tf = [decode_tf(m)[0] for _, m, _ in bag["/tf"]]
     assert {t.stamp_ns for t in tf} >= set(poses) and {(t.parent, t.child) for t in tf} == \
         {("glue_ros_keyframe", layout.frame_id)}
-    # second run: byte-identical messages on every topic (diagnostics would carry measured rates)
+    # second run (serial): byte-identical messages on every topic (diagnostics would carry measured rates)
     second = outputs[1]
     assert set(bag) == set(second)
     for topic in bag:

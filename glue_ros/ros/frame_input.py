@@ -144,29 +144,55 @@ class FrameInput:
                 ) -> tuple[Frame, FrameResult] | None:
         """Decode ``msg``, pick its intrinsics, run ``frontend.process``; None (counted) when the
         frame gives no output. Exceptions other than out-of-memory propagate (the frame is still
-        ``busy``: the adapter decides, e.g. ``reject("error", ...)``)."""
-        from ..frontend import Frame  # here, not at the top: it imports torch (the node checks parameters first)
+        ``busy``: the adapter decides, e.g. ``reject("error", ...)``). The two halves, for adapters
+        that extract ahead: :meth:`prepare` and :meth:`run`."""
+        frame = self.prepare(msg)
+        if frame is None:
+            return None
+        return self.run(frontend, frame, previous_input_stamp_ns=previous_input_stamp_ns)
 
+    def prepare(self, msg: Any) -> Frame | None:
+        """Decode ``msg`` and pick its intrinsics: the ``Frame``, or None (counted) when it does not decode."""
         with self.lock:
             self.busy = True
-        stamp_ns = stamp_to_ns(msg.header.stamp)
         try:
-            image = self.decode(msg)
+            frame = self.decode_frame(msg)
         except ImageDecodeError as exc:
-            self.reject(exc.reason, f"image at {stamp_ns} ns dropped: {exc}")
+            self.reject(exc.reason, f"image at {stamp_to_ns(msg.header.stamp)} ns dropped: {exc}")
             return None
-        frame = Frame(image, stamp_ns, str(msg.header.frame_id), self.camera_for(stamp_ns))
+        frame.camera = self.camera_for(frame.stamp_ns)
+        return frame
+
+    def decode_frame(self, msg: Any) -> Frame:
+        """The ``Frame`` of ``msg`` without intrinsics (``camera_for`` when its turn comes: its
+        CameraInfo may still be on the way); raises ``ImageDecodeError`` and counts nothing (the node
+        calls it on its extraction thread, as the frame arrives, and counts when the frame's turn comes)."""
+        from ..frontend import Frame  # here, not at the top: it imports torch (the node checks parameters first)
+
+        return Frame(self.decode(msg), stamp_to_ns(msg.header.stamp), str(msg.header.frame_id))
+
+    def run(self, frontend, frame: Frame, *, previous_input_stamp_ns: int | None = None,
+            extracted: Callable[[], Any] | None = None) -> tuple[Frame, FrameResult] | None:
+        """``frontend.process(frame)``: ``(frame, result)``, or None (counted) when it gives no output.
+        ``extracted``: returns the frame's ``overlap.Extracted`` (waiting for the extraction thread);
+        an out-of-memory there is handled like one in serial extraction."""
         try:
+            features, extract_ms = None, None
+            if extracted is not None:
+                ahead = extracted()
+                features, extract_ms = ahead.features, ahead.extract_ms
             # gap resets measure arrivals, so frames dropped by a queue do not look like a pause
-            result = frontend.process(frame, previous_input_stamp_ns=previous_input_stamp_ns)
+            result = frontend.process(frame, features, previous_input_stamp_ns=previous_input_stamp_ns,
+                                      extract_ms=extract_ms)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             _free_device_memory()
-            self.reject("out_of_memory", f"frame {image.shape[1]}x{image.shape[0]} dropped: out of memory")
+            shape = frame.image.shape
+            self.reject("out_of_memory", f"frame {shape[1]}x{shape[0]} dropped: out of memory")
             return None
         if result.status not in ACCEPTED_STATUS:
-            self.reject(result.status, f"frame at {stamp_ns} ns dropped: {result.status}")
+            self.reject(result.status, f"frame at {frame.stamp_ns} ns dropped: {result.status}")
             return None
         return frame, result
 

@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import rclpy
@@ -60,9 +61,14 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from ..config import PARAMS, SPECS, FrontEndConfig, ParameterError, ParamSpec, coerce, suggest, validate
 from .diagnostics import DIAGNOSTICS_TOPIC, build_diagnostics
 from .frame_input import FrameInput, InputCounters
+from .image_codec import ImageDecodeError
 from .launch_args import NODE_NAME
 from .msg_types import RclpyTypes, stamp_to_ns
 from .outputs import MARKER_TOPICS, OUTPUT_TOPICS, TF_TOPIC, OutputState, check_output_params, frame_outputs
+
+if TYPE_CHECKING:
+    from ..frontend import Frame
+    from ..overlap import Extracted
 
 LOG_PERIOD_S = 2.0  # warnings about bad input: at most one per reason per period
 NO_INPUT_WARN_S = 5.0  # diagnostics warn when no frame arrived for this long (after a first one)
@@ -129,6 +135,7 @@ class MatcherNode(Node):
 
         from ..device import DeviceError, describe
         from ..frontend import FrontEnd
+        from ..overlap import ExtractionThread, stage_threads
         from ..models.weights import WeightsError
 
         try:
@@ -167,6 +174,10 @@ class MatcherNode(Node):
         self.add_pre_set_parameters_callback(self._convert_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
+        # Extraction ahead (overlap.py): each frame's decoding + extraction starts on the extraction
+        # thread as it arrives, while the worker matches the frame before it.
+        extract_threads, self._match_threads = stage_threads(config.pipeline)
+        self._extraction = ExtractionThread(self.frontend, extract_threads) if config.pipeline.extract_ahead else None
         self._queue: collections.deque = collections.deque(maxlen=self._flat["input.queue_size"])
         self._previous_input_stamp: int | None = None  # of the last frame that arrived (gap resets)
         self._stop = threading.Event()
@@ -275,9 +286,13 @@ class MatcherNode(Node):
         with self._cond:
             self.inputs.receive()
             self._last_input = time.monotonic()
+            ahead = self._extraction.submit(self._decode_and_extract, msg) if self._extraction else None
             if len(self._queue) == self._queue.maxlen:
                 self.counters.dropped_queue += 1  # deque drops the oldest on append
-            self._queue.append((msg, time.monotonic(), self._previous_input_stamp))
+                dropped = self._queue[0][3]
+                if dropped is not None:
+                    dropped.cancel()  # not extracted if it has not started yet
+            self._queue.append((msg, time.monotonic(), self._previous_input_stamp, ahead))
             self._previous_input_stamp = _safe_stamp_ns(msg)
             self._cond.notify()
 
@@ -288,17 +303,33 @@ class MatcherNode(Node):
 
     # ------------------------------------------------------------------ worker
 
+    def _decode_and_extract(self, msg) -> tuple[Frame, Callable[[], Extracted]]:
+        """On the extraction thread: the frame and a callable giving its features. A decoding error
+        raises (counted by the worker); an extraction error (e.g. out of memory) is raised again when
+        the worker asks for the features, where a serial extraction would have raised it."""
+        frame = self.inputs.decode_frame(msg)
+        try:
+            extracted = self._extraction.extract_now(frame)
+        except Exception as exc:
+            def fail(exc: Exception = exc) -> Extracted:
+                raise exc
+            return frame, fail
+        return frame, lambda: extracted
+
     def _work(self) -> None:
+        import torch
+
+        torch.set_num_threads(self._match_threads)  # this thread's own intra-op threads (overlap.stage_threads)
         while not self._stop.is_set():
             with self._cond:
                 while not self._queue and not self._stop.is_set():
                     self._cond.wait(0.1)
                 if self._stop.is_set():
                     return
-                msg, received_at, previous_stamp = self._queue.popleft()
+                msg, received_at, previous_stamp, ahead = self._queue.popleft()
                 self.inputs.busy = True  # taken: pending stays consistent (queue - 1, busy + 1)
             try:
-                self._process(msg, received_at, previous_stamp)
+                self._process(msg, received_at, previous_stamp, ahead)
             except Exception as exc:  # never let one frame kill the worker
                 self.counters.errors += 1
                 if self.inputs.busy:  # not counted yet (an error after publishing is only logged)
@@ -317,10 +348,20 @@ class MatcherNode(Node):
             self.counters.errors += 1
             self.get_logger().error(f"parameter update not applied: {exc}")
 
-    def _process(self, msg, received_at: float, previous_stamp: int | None = None) -> None:
+    def _process(self, msg, received_at: float, previous_stamp: int | None = None, ahead=None) -> None:
         if self._pending_config is not None:
             self._apply_pending_config()
-        accepted = self.inputs.process(self.frontend, msg, previous_input_stamp_ns=previous_stamp)
+        if ahead is None:
+            accepted = self.inputs.process(self.frontend, msg, previous_input_stamp_ns=previous_stamp)
+        else:
+            try:
+                frame, extracted = ahead.result()
+            except ImageDecodeError as exc:
+                self.inputs.reject(exc.reason, f"image at {_safe_stamp_ns(msg)} ns dropped: {exc}")
+                return
+            frame.camera = self.inputs.camera_for(frame.stamp_ns)  # now: its CameraInfo has had time to arrive
+            accepted = self.inputs.run(self.frontend, frame, previous_input_stamp_ns=previous_stamp,
+                                       extracted=extracted)
         if accepted is None:
             return
         frame, result = accepted
@@ -434,6 +475,8 @@ class MatcherNode(Node):
         with self._cond:
             self._cond.notify_all()
         self._worker.join(timeout=5.0)
+        if self._extraction is not None:
+            self._extraction.close()
 
 
 def _safe_stamp_ns(msg) -> int | None:

@@ -20,6 +20,7 @@ far from wall time gets one warning: the node then needs use_sim_time:=true and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import sys
@@ -113,7 +114,9 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
                    progress: bool = True, results: list | None = None, diagnostics_every: int = 30,
                    observer=None, with_images: bool = True, stop=None) -> ReplaySummary:
     """Every image of the bag through the node's input path (``FrameInput``: decode, intrinsics,
-    Frame, pipeline, counters) and output builders, in stamp order, none dropped.
+    Frame, pipeline, counters) and output builders, in stamp order, none dropped. With
+    ``pipeline.extract_ahead`` the next image is decoded and its features extracted on a second
+    thread while the current one is matched (``overlap``); the outputs are the same.
 
     The output bag gets the node's topics (overlays and keyframe path included; /tf when
     ``output.publish_tf``), /diagnostics every ``diagnostics_every`` processed frames and once at the
@@ -130,6 +133,7 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
     from ..ros.frame_input import FrameInput
     from ..ros.launch_args import NODE_NAME
     from ..ros.msg_types import RosbagsTypes
+    from ..overlap import ExtractionThread, intra_op_threads, stage_threads
     from ..ros.outputs import MARKER_TOPICS, OUTPUT_TOPICS, TF_TOPIC, OutputState, check_output_params, frame_outputs
 
     check_output_params(params)
@@ -162,49 +166,65 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
                                                name=prefix.rstrip("/") + ": front-end"), last["stamp"])
                 last["diagnostics"] = (counts.received, counts.processed)
 
+            def finish(frame, extraction) -> None:
+                """Match, pose and outputs of one prepared frame (its extraction ran ahead when given)."""
+                nonlocal matches_total, inliers_total
+                accepted = inputs.run(frontend, frame, extracted=extraction.result if extraction else None)
+                if accepted is None:
+                    return
+                frame, result = accepted
+                for key, msg in frame_outputs(result, types, params, camera=frame.camera, backend=backend,
+                                              markers=MARKER_TOPICS, state=state, tf=params["output.publish_tf"]):
+                    topic, msgtype = (key, TF_TOPIC[1]) if key == TF_TOPIC[0] else (prefix + key, OUTPUT_TOPICS[key])
+                    writer.write(topic, msgtype, msg, result.stamp_ns)
+                inputs.finish()
+                if results is not None:
+                    results.append(result)
+                if observer is not None:
+                    observer(frontend, result)
+                newest = result.matches[0] if result.matches else None
+                if newest is not None:
+                    matches_total += len(newest)
+                    inliers_total += int(newest.inliers.sum())
+                    summary.valid_poses += int(newest.pose.valid)
+                if result.stop_layer >= 0:
+                    stop_layers.append(result.stop_layer)
+                last.update(matches=len(newest) if newest else 0, stop_layer=result.stop_layer)
+                bar.set_postfix_str(f"kf {frontend.stats.keyframes} matches {len(newest) if newest else 0}")
+                if diagnostics_every and counts.processed % diagnostics_every == 0:
+                    write_diagnostics()
+
+            extract_threads, match_threads = stage_threads(frontend.config.pipeline)
+            ahead = frontend.config.pipeline.extract_ahead
+            held = None  # (frame, extraction) prepared and extracting while the frame before it is matched
             try:
-                for item in bag:
-                    if stop is not None and stop.is_set():
-                        summary.stopped = "stopped"
-                        break
-                    if item.msg is not None and with_images:  # the input as it came (raw or compressed)
-                        topic = bag.camera_info_topic if item.is_camera_info else bag.image_topic
-                        writer.write(topic, item.msgtype, item.msg, item.stamp_ns)
-                    if item.is_camera_info:
-                        inputs.add_camera_info(item.msg)
-                        continue
-                    inputs.receive()
-                    bar.update(1)
-                    if item.msg is None:
-                        inputs.reject("corrupt_message")
-                        continue
-                    last["stamp"] = item.stamp_ns if last["stamp"] is None else max(last["stamp"], item.stamp_ns)
-                    accepted = inputs.process(frontend, item.msg)
-                    if accepted is None:
-                        continue
-                    frame, result = accepted
-                    for key, msg in frame_outputs(result, types, params, camera=frame.camera, backend=backend,
-                                                  markers=MARKER_TOPICS, state=state,
-                                                  tf=params["output.publish_tf"]):
-                        topic, msgtype = (key, TF_TOPIC[1]) if key == TF_TOPIC[0] else (prefix + key,
-                                                                                         OUTPUT_TOPICS[key])
-                        writer.write(topic, msgtype, msg, result.stamp_ns)
-                    inputs.finish()
-                    if results is not None:
-                        results.append(result)
-                    if observer is not None:
-                        observer(frontend, result)
-                    newest = result.matches[0] if result.matches else None
-                    if newest is not None:
-                        matches_total += len(newest)
-                        inliers_total += int(newest.inliers.sum())
-                        summary.valid_poses += int(newest.pose.valid)
-                    if result.stop_layer >= 0:
-                        stop_layers.append(result.stop_layer)
-                    last.update(matches=len(newest) if newest else 0, stop_layer=result.stop_layer)
-                    bar.set_postfix_str(f"kf {frontend.stats.keyframes} matches {len(newest) if newest else 0}")
-                    if diagnostics_every and counts.processed % diagnostics_every == 0:
-                        write_diagnostics()
+                with intra_op_threads(match_threads), \
+                        (ExtractionThread(frontend, extract_threads) if ahead else contextlib.nullcontext()) as worker:
+                    for item in bag:
+                        if stop is not None and stop.is_set():
+                            summary.stopped = "stopped"
+                            break
+                        if item.msg is not None and with_images:  # the input as it came (raw or compressed)
+                            topic = bag.camera_info_topic if item.is_camera_info else bag.image_topic
+                            writer.write(topic, item.msgtype, item.msg, item.stamp_ns)
+                        if item.is_camera_info:
+                            inputs.add_camera_info(item.msg)
+                            continue
+                        inputs.receive()
+                        bar.update(1)
+                        if item.msg is None:
+                            inputs.reject("corrupt_message")
+                            continue
+                        last["stamp"] = item.stamp_ns if last["stamp"] is None else max(last["stamp"], item.stamp_ns)
+                        frame = inputs.prepare(item.msg)
+                        if frame is None:
+                            continue
+                        extraction = worker.extract(frame) if ahead else None
+                        if held is not None:
+                            finish(*held)  # the previous frame is matched while this one is extracted
+                        held = (frame, extraction)
+                    if held is not None:
+                        finish(*held)
                 # and once at the end, so every bag has them (a short bag has no 30th frame)
                 if last["stamp"] is not None and last["diagnostics"] != (counts.received, counts.processed):
                     write_diagnostics()

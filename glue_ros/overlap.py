@@ -1,0 +1,111 @@
+"""The one-frame pipeline: frame t+1's features are extracted on a thread of their own while frame t is
+matched.
+
+    frame t+1 ─► extraction thread ─► features ─┐
+    frame t (features ready) ─► FrontEnd.process: match vs keyframes ─► pose ─► tracks ─► keyframe decision
+
+Matching frame t needs the keyframe decision of frame t-1, so matching stays in order on the caller's
+thread; extraction depends on the frame alone, so it can run ahead. The calls and their inputs are
+those of serial processing, so the results are too (with the same ``pipeline.cpu_threads``). On a
+CPU the two stages share the cores: each stage gets its own intra-op thread count
+(:func:`stage_threads`), since two stages both using every core make OpenMP threads spin against each
+other. PyTorch releases the GIL inside operators, so the stages really overlap.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+
+import torch
+
+from .config import PipelineConfig
+from .features import Features
+
+if TYPE_CHECKING:
+    from .frontend import Frame, FrontEnd
+
+T = TypeVar("T")
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def stage_threads(config: PipelineConfig, cores: int | None = None) -> tuple[int, int]:
+    """(extraction, matching) intra-op threads: ``cpu_threads`` each when set; else every core for
+    serial processing, or the cores split in two (at least one each) when extracting ahead."""
+    cores = cores or usable_cores()
+    if config.cpu_threads > 0:
+        return config.cpu_threads, config.cpu_threads
+    if not config.extract_ahead:
+        return cores, cores
+    matching = max(1, cores // 2)
+    return max(1, cores - matching), matching
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int) -> Iterator[None]:
+    """Within the block, torch operators called from this thread use ``threads`` threads; the previous
+    count is restored after (a library call must not change its caller's settings)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@dataclass
+class Extracted:
+    """What the extraction stage hands to the matching stage for one frame."""
+
+    features: Features | None  # None: the frame is invalid (FrontEnd.process rejects it, counted)
+    extract_ms: float
+
+
+class ExtractionThread:
+    """One worker thread that runs extractions in submission order (bounded by its callers: the replay
+    keeps one frame ahead, the node one per queued frame). Use as a context manager, or ``close()``."""
+
+    def __init__(self, frontend: "FrontEnd", threads: int):
+        self._frontend = frontend
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="glue_ros_extract",
+                                        initializer=torch.set_num_threads, initargs=(threads,))
+
+    def extract(self, frame: "Frame") -> Future[Extracted]:
+        """Start extracting ``frame``'s features; the future raises what extraction raised (e.g. out of
+        memory), for the caller to handle as it would a serial extraction."""
+        return self._pool.submit(self._extract, frame)
+
+    def submit(self, fn: Callable[..., T], *args) -> Future[T]:
+        """Run ``fn(*args)`` on the extraction thread (adapters prepend their decoding to extraction)."""
+        return self._pool.submit(fn, *args)
+
+    def extract_now(self, frame: "Frame") -> Extracted:
+        """Extract on the calling thread (called from a job that ``submit`` runs on the extraction thread)."""
+        return self._extract(frame)
+
+    def _extract(self, frame: "Frame") -> Extracted:
+        from .frontend import image_problem
+
+        if image_problem(frame.image):
+            return Extracted(None, 0.0)
+        start = time.perf_counter()
+        features = self._frontend.extract([frame.image])[0]
+        return Extracted(features, (time.perf_counter() - start) * 1e3)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> "ExtractionThread":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,82 @@
+"""The one-frame pipeline (glue_ros/overlap.py): extraction ahead on its own thread gives the same
+results as serial processing, each stage gets its own intra-op thread count, and bad frames are
+still rejected (counted), not crashed on. The replay's and the node's use of it are tested in
+test_tools.py (byte-identical bags with and without) and test_node.py (every node test runs with it)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from glue_ros.config import FrontEndConfig, PipelineConfig
+from glue_ros.frontend import Frame, FrontEnd
+from glue_ros.overlap import ExtractionThread, intra_op_threads, stage_threads
+from glue_ros.synthetic import render_sequence
+
+
+@pytest.mark.parametrize("cpu_threads, ahead, cores, expected", [
+    (0, True, 2, (1, 1)),  # the 2-core case: one core per stage
+    (0, True, 1, (1, 1)),  # never zero threads
+    (0, True, 3, (2, 1)),  # extraction (the heavier CNN stage) gets the odd core
+    (0, True, 16, (8, 8)),
+    (0, False, 4, (4, 4)),  # serial: every core for each step in turn
+    (3, True, 16, (3, 3)),  # explicit: that many per stage
+    (3, False, 2, (3, 3)),
+])
+def test_stage_threads_policy(cpu_threads, ahead, cores, expected):
+    assert stage_threads(PipelineConfig(extract_ahead=ahead, cpu_threads=cpu_threads), cores) == expected
+
+
+def test_intra_op_threads_is_scoped():
+    before = torch.get_num_threads()
+    with intra_op_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def _xfeat(**params) -> FrontEnd:
+    flat = {"extractor.type": "xfeat", "matcher.type": "lightglue", "extractor.max_keypoints": 256,
+            "device": "cpu", "keyframes.max_interval_s": 0.1, **params}
+    return FrontEnd(FrontEndConfig.from_flat(flat))
+
+
+def _summary(result):
+    return (result.status, result.keyframe.is_keyframe, result.keypoints.tobytes(), result.track_ids.tobytes(),
+            [(m.keyframe_id, m.matches.tobytes(), m.pose.valid, m.pose.rotation.round(9).tobytes(), m.stop_layer)
+             for m in result.matches])
+
+
+def test_extracting_ahead_gives_the_serial_results_with_real_weights():
+    """XFeat + LighterGlue (packaged weights): frame t+1 extracted on the extraction thread while frame t is
+    matched, exactly as the replay does, against plain FrontEnd.process; same thread count both ways."""
+    seq = render_sequence(10, 320, 240, motion="mixed", seed=7)
+    frames = [Frame(im, st, "cam", seq.camera) for im, st in zip(seq.images, seq.stamps_ns)]
+    serial_frontend = _xfeat()
+    with intra_op_threads(1):
+        serial = [serial_frontend.process(f) for f in frames]
+        frontend = _xfeat()
+        ahead = []
+        with ExtractionThread(frontend, threads=1) as worker:
+            assert worker.submit(torch.get_num_threads).result() == 1, "the stage's own thread count"
+            pending = worker.extract(frames[0])
+            for n, frame in enumerate(frames):
+                extracted = pending.result()
+                if n + 1 < len(frames):
+                    pending = worker.extract(frames[n + 1])  # runs while this frame is matched
+                ahead.append(frontend.process(frame, extracted.features, extract_ms=extracted.extract_ms))
+    assert sum(len(r.matches[0]) for r in serial[1:]) > 9 * 30, "a real sequence, not empty matches"
+    assert [_summary(r) for r in ahead] == [_summary(r) for r in serial]
+    assert all(r.timings_ms["extract_ms"] > 0 for r in ahead)
+    assert frontend.stats.images_extracted == len(frames) and frontend.stats.frames == len(frames)
+
+
+def test_extracting_ahead_rejects_bad_frames_like_serial():
+    frontend = _xfeat()
+    bad = [np.zeros((8, 8), np.uint8), np.full((64, 64), np.nan, np.float32), "not an image"]
+    with ExtractionThread(frontend, threads=1) as worker:
+        for n, image in enumerate(bad):
+            extracted = worker.extract(Frame(image, n + 1, "cam")).result()
+            assert extracted.features is None
+            result = frontend.process(Frame(image, n + 1, "cam"), extracted.features)
+            assert result.status in ("image_too_small", "invalid_image") and not result.matches
+    assert frontend.stats.images_extracted == 0 and sum(frontend.stats.rejected.values()) == len(bad)
