@@ -21,6 +21,7 @@ demo: venv-runtime
 
 bench: venv
 	$(PY) bench/bench_backends.py
+	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_pose.py
 	$(PY) bench/bench_models.py
 	$(PY) bench/bench_stream.py

@@ -340,7 +340,7 @@ def test_frame_input_rules_and_counters():
         def __init__(self, outcome):
             self.outcome = outcome
 
-        def process(self, frame, previous_input_stamp_ns=None):
+        def process(self, frame, features=None, previous_input_stamp_ns=None, extract_ms=None):
             if isinstance(self.outcome, BaseException):
                 raise self.outcome
             return SimpleNamespace(status=self.outcome, frame=frame)
