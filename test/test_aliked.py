@@ -336,3 +336,21 @@ def test_deform_conv2d_checks_shapes():
     with pytest.raises(ValueError, match="input channels"):
         deform_conv2d(torch.zeros(1, 2, 4, 4), torch.zeros(1, 18, 4, 4), torch.zeros(3, 4, 3, 3), padding=1)
 
+
+
+def test_fast_selu_matches_torch():
+    """aliked._selu_ (exp-based, in place, chunked) against F.selu: contiguous, channels-last, several
+    chunks, large and tiny magnitudes, -inf/inf; same values up to float rounding."""
+    generator = torch.Generator().manual_seed(5)
+    values = torch.cat([8 * torch.randn(3 * aliked._SELU_CHUNK + 5, generator=generator),
+                        torch.tensor([0.0, -0.0, 1e-30, -1e-30, -1e-7, 1e-7, -100.0, 100.0, -math.inf, math.inf])])
+    out = aliked._selu_(values.clone())
+    torch.testing.assert_close(out, F.selu(values), rtol=1e-6, atol=1e-6)
+    x = torch.randn(2, 5, 7, 9, generator=generator).contiguous(memory_format=torch.channels_last)
+    out = aliked._selu_(x.clone())
+    torch.testing.assert_close(out, F.selu(x), rtol=1e-6, atol=1e-6)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    base = torch.randn(6, 8, generator=generator)
+    expected = F.selu(base[:, ::2])
+    strided = base[:, ::2]  # neither layout: torch's kernel, in place
+    assert aliked._selu_(strided) is strided and torch.equal(base[:, ::2], expected)

@@ -21,7 +21,7 @@ from margins import (assert_few_fragile, assert_same_batched_pairs, assert_same_
 
 from glue_ros.config import MatcherConfig
 from glue_ros.features import Features
-from glue_ros.models.lightglue import LightGlue, LightGlueConfig
+from glue_ros.models.lightglue import LightGlue, LightGlueConfig, _attention_backends, rotary_tables
 from glue_ros.models.weights import WeightsError
 
 HUB_ID = "ETH-CVG/lightglue_superpoint"
@@ -332,6 +332,57 @@ def test_cross_attention_with_tied_qk_is_the_originals_bidirectional_block(loade
         m1 = att.o_proj((sim.softmax(-2).transpose(-1, -2) @ v0).transpose(0, 1).flatten(-2))
     torch.testing.assert_close(ours[0], m0, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ours[1, :40], m1, atol=1e-5, rtol=1e-5)
+
+
+def fused_equals_unfused(att, g: torch.Generator, heads: int) -> None:
+    """Attention's fused paths (self_attention, cross_attention) equal its unfused forward on a padded
+    pair (image1 has 40 of 50 points): padded queries included, finite (no NaN)."""
+    dim = att.q_proj.in_features
+    x = torch.randn(1, 2, 50, dim, generator=g)
+    active = torch.stack([torch.ones(50, dtype=torch.bool), torch.arange(50) < 40])[None]
+    cos, sin = rotary_tables(torch.randn(1, 2, 50, dim // heads, generator=g) * 5)
+    flat, mask = x.flatten(0, 1), active.flatten(0, 1)
+    rope = cos.flatten(0, 1)[:, None], sin.flatten(0, 1)[:, None]
+    with torch.no_grad():
+        fused_self = att.self_attention(flat, mask, cos.flatten(0, 1), sin.flatten(0, 1))
+        fused_cross = att.cross_attention(x, active).view(2, 50, dim)
+        unfused_self = att(flat, flat, mask, rope)
+        unfused_cross = att(flat, x.flip(1).flatten(0, 1), active.flip(1).flatten(0, 1))
+    assert torch.isfinite(fused_self).all() and torch.isfinite(fused_cross).all()
+    torch.testing.assert_close(fused_self, unfused_self, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused_cross, unfused_cross, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_projections_share_keys_only_while_q_equals_k(loaded):
+    """The fused q|k|v projection drops k_proj exactly while q_proj == k_proj (weights and biases),
+    checked again after any in-place change of the weights; both forms equal the unfused attention."""
+    att = copy.deepcopy(loaded.transformer_layers[0].cross_attention)
+    g = torch.Generator().manual_seed(1)
+    assert not att.projections().shared_qk and att.projections().weight.shape[0] == 3 * 256  # random: q != k
+    fused_equals_unfused(att, g, heads=4)
+    with torch.no_grad():
+        att.k_proj.load_state_dict(att.q_proj.state_dict())  # tied, as in every released checkpoint
+    assert att.projections().shared_qk and att.projections().weight.shape[0] == 2 * 256
+    fused_equals_unfused(att, g, heads=4)
+    with torch.no_grad():
+        att.k_proj.bias[0] += 1e-3  # equal weights, different biases: not shared
+    assert not att.projections().shared_qk
+    fused_equals_unfused(att, g, heads=4)
+    assert set(att.state_dict()) == {f"{n}_proj.{t}" for n in "qkvo" for t in ("weight", "bias")}
+
+
+def test_cuda_attention_leaves_out_cudnn_and_restores_the_defaults():
+    """On CUDA the transformer runs without the cuDNN SDPA backend (a new execution plan per sequence
+    length: ~1 s stalls as pruning changes lengths); the global choice is restored afterwards, and CPU
+    runs are left alone."""
+    before = torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()
+    with _attention_backends(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert torch.backends.cuda.math_sdp_enabled()
+    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled()) == before
+    with _attention_backends(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before[0]
 
 
 # --------------------------------------------------------------------------- parity with transformers

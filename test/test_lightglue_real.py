@@ -300,6 +300,27 @@ def test_early_exit_on_easy_pairs_and_late_on_hard_ones(disk_lightglue, xfeat_li
 # --------------------------------------------------------------------------- loading
 
 
+def test_trained_cross_attention_uses_queries_as_keys(disk_lightglue, xfeat_lightglue, disk_features,
+                                                     xfeat_features):
+    """cvg's shared to_qk gives q_proj == k_proj in every cross attention: the fused projection then skips
+    k_proj (keys = queries), and equals the unfused attention on real descriptors (padded pair)."""
+    for model, feats in ((disk_lightglue, disk_features), (xfeat_lightglue, xfeat_features)):
+        f0, f1 = feats["f0"], feats["f1"]
+        n = max(len(f0), len(f1))
+        desc = torch.stack([F.pad(f.descriptors.float(), (0, 0, 0, n - len(f))) for f in (f0, f1)])[None]
+        active = torch.stack([torch.arange(n) < len(f) for f in (f0, f1)])[None]
+        active[0, 1, -7:] = False  # some padding on both sides
+        with torch.no_grad():
+            x = model.input_projection(desc)
+        for layer in model.transformer_layers:
+            att = layer.cross_attention
+            assert att.projections().shared_qk and not layer.self_attention.projections().shared_qk
+            with torch.no_grad():
+                fused = att.cross_attention(x, active).view(x.shape)
+                unfused = att(x.flatten(0, 1), x.flip(1).flatten(0, 1), active.flip(1).flatten(0, 1)).view(x.shape)
+            torch.testing.assert_close(fused, unfused, atol=1e-5, rtol=1e-5)
+
+
 def test_architectures_and_naming_generations(aliked_state):
     expected = {"aliked-lightglue": (LightGlueArchitecture(input_dim=128), "aliked"),
                 "disk-lightglue": (LightGlueArchitecture(input_dim=128), "disk"),

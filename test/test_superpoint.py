@@ -600,3 +600,32 @@ def test_weights_errors_name_the_problem(checkpoint_dirs, tmp_path):
 
     with pytest.raises(WeightsError, match="lightglue"):
         SuperPoint.from_pretrained(str(checkpoint_dirs["lightglue"]))
+
+
+# ------------------------------------------------------------------------------ CPU fast paths
+
+
+@pytest.mark.parametrize("in_channels, height, width", [(1, 480, 640), (1, 77, 101), (64, 35, 41), (64, 66, 20)])
+def test_strip_conv_block_matches_whole_image_block(in_channels, height, width):
+    """The CPU block path (strips, im2col first layer, 2x2 phase maxima for the pool) against the
+    plain whole-image conv / ReLU / conv / ReLU / max-pool, on random weights and inputs: odd sizes,
+    a last strip shorter than the others, a batch of two. Same values up to float rounding."""
+    from glue_ros.models import superpoint as sp
+
+    torch.manual_seed(in_channels + height)
+    block = sp._ConvBlock(in_channels, 64, pool=True).eval()
+    x = torch.rand(2, in_channels, height, width)
+    with torch.inference_mode():
+        expected = torch.nn.functional.max_pool2d(
+            torch.relu(block.conv_b(torch.relu(block.conv_a(x)))), 2)
+        got = block(x.contiguous(memory_format=torch.channels_last))
+    assert height > sp._STRIP_ROWS  # the strip path ran
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-6 * expected.abs().max().item())
+
+
+def test_max_pool2_is_exactly_max_pool2d():
+    from glue_ros.models.superpoint import _max_pool2
+
+    x = torch.randn(2, 8, 13, 10).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(_max_pool2(x), torch.nn.functional.max_pool2d(x, 2))

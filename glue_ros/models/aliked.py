@@ -136,6 +136,32 @@ class ALIKEDArch:
         return arch
 
 
+# ---------------------------------------------------------------------- SELU
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+_SELU_CHUNK = 1 << 20  # elements per pass: 4 MiB of float32, cache-resident between the passes
+
+
+def _selu_(x: torch.Tensor) -> torch.Tensor:
+    """In-place SELU, ``scale * (max(x, 0) + alpha * (exp(min(x, 0)) - 1))``, returning x.
+
+    Same values as ``F.selu`` up to float rounding (|difference| < 1e-6 for |x| < 10), about a third
+    faster on a CPU: torch's ELU kernel evaluates ``expm1`` on every element, which costs 2-3x ``exp``;
+    this runs ``exp`` plus four cheap passes on cache-sized chunks. SELU is ~30 % of the CNN's time."""
+    if x.is_contiguous():
+        flat = x.view(-1)
+    elif x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        flat = x.permute(0, 2, 3, 1).view(-1)
+    else:
+        return F.selu(x, inplace=True)
+    scratch = torch.empty(min(_SELU_CHUNK, flat.numel()), dtype=x.dtype, device=x.device)
+    for chunk in flat.split(_SELU_CHUNK):
+        negative = torch.clamp(chunk, max=0, out=scratch[:chunk.numel()]).exp_().sub_(1)
+        chunk.clamp_min_(0).mul_(_SELU_SCALE).add_(negative, alpha=_SELU_ALPHA * _SELU_SCALE)
+    return x
+
+
 # ---------------------------------------------------------------------- deformable convolution
 
 
@@ -231,8 +257,8 @@ class _ConvBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.selu(_conv_bn(self.conv1, self.bn1, x), inplace=True)
-        return F.selu(_conv_bn(self.conv2, self.bn2, x), inplace=True)
+        x = _selu_(_conv_bn(self.conv1, self.bn1, x))
+        return _selu_(_conv_bn(self.conv2, self.bn2, x))
 
 
 class _ResBlock(nn.Module):
@@ -245,9 +271,9 @@ class _ResBlock(nn.Module):
         self.downsample = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.selu(_conv_bn(self.conv1, self.bn1, x), inplace=True)
+        out = _selu_(_conv_bn(self.conv1, self.bn1, x))
         out = _conv_bn(self.conv2, self.bn2, out)
-        return F.selu(out.add_(self.downsample(x)), inplace=True)
+        return _selu_(out.add_(self.downsample(x)))
 
 
 class _SDDH(nn.Module):
@@ -398,16 +424,15 @@ class ALIKED(LearnedExtractor):
             # dim). The full-resolution level (dim/4 channels) is never stored: its 1x1 conv, SELU and
             # score_head[0] part run on chunks of pixels (the descriptor head recomputes it where needed).
             conv1, head1 = self.conv1.weight.view(quarter, -1).t(), weight[:, 0].t()
-            s = torch.cat([F.selu(chunk @ conv1, inplace=True) @ head1 for chunk in rows.split(_CHUNK_PIXELS)])
+            s = torch.cat([_selu_(chunk @ conv1) @ head1 for chunk in rows.split(_CHUNK_PIXELS)])
             s = s.view(batch, full_h, full_w, 8).permute(0, 3, 1, 2)
             levels = []
             for i, (conv, level) in enumerate(zip((self.conv2, self.conv3, self.conv4), (x2, x3, x4)), start=1):
-                level = F.selu(conv(level), inplace=True)
+                level = _selu_(conv(level))
                 levels.append(level)
                 s = s.add_(F.interpolate(F.conv2d(level, weight[:, i, :, None, None]), size=(full_h, full_w),
                                          mode="bilinear", align_corners=True))
-            s = head[4](head[3](head[2](head[1](s))))
-            s = head[6](head[5](s))
+            s = head[6](_selu_(head[4](_selu_(head[2](_selu_(s))))))  # head[1, 3, 5] are SELUs
         scores = torch.sigmoid(s.float())[:, 0, top:top + height, left:left + width]
         lows = [level.float().contiguous(memory_format=torch.channels_last) for level in levels]
         return _Dense(scores.contiguous(), rows.view(batch, full_h * full_w, -1), lows, (full_h, full_w), top, left)
@@ -475,7 +500,7 @@ class ALIKED(LearnedExtractor):
         height, width = dense.size
         quarter = self.arch.dim // 4
         pixels = dense.rows[b].index_select(0, y * width + x).float()
-        first = F.selu(pixels @ self.conv1.weight.float().view(quarter, -1).t(), inplace=True)
+        first = _selu_(pixels @ self.conv1.weight.float().view(quarter, -1).t())
         # upsampling with align_corners=True maps full-resolution pixel p to p * (n - 1) / (N - 1)
         grid = torch.stack((2 * x / (width - 1) - 1, 2 * y / (height - 1) - 1), dim=1).float().view(1, 1, -1, 2)
         parts = [F.grid_sample(level[b:b + 1], grid, mode="bilinear", align_corners=True)[0, :, 0]
@@ -546,7 +571,7 @@ class ALIKED(LearnedExtractor):
         py = pixels[:, 1] + offsets[m:]
         samples = self._sample_features(dense, b, (2.0 * px / wh[0] - 1).view(-1), (2.0 * py / wh[1] - 1).view(-1),
                                         size)  # (dim, M*N)
-        samples = F.selu(head.sf_conv.weight.float().view(dim, dim) @ samples)
+        samples = _selu_(head.sf_conv.weight.float().view(dim, dim) @ samples)
         # descriptor[d] = sum over (c, p) of samples[c, p] * agg[p, c, d]: one product with (c, p) rows
         aggregate = head.agg_weights.float().permute(2, 1, 0).reshape(dim, dim * m)
         descriptors = aggregate @ samples.view(dim * m, count)  # (D, N)

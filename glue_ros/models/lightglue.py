@@ -38,6 +38,7 @@ adaptive depth (early exit) and width (point pruning). Differences, all delibera
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
@@ -48,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import MatcherConfig
 from ..features import Features, PairMatches
@@ -272,6 +274,15 @@ class LightGlueOutput:
 # --------------------------------------------------------------------------- building blocks
 
 
+def _attention_backends(device: torch.device) -> contextlib.AbstractContextManager:
+    """SDPA kernels allowed while the transformer runs. On CUDA the cuDNN backend is left out: torch picks
+    it by default on Hopper for fp16/bf16, and it builds an execution plan for every new sequence length,
+    which pruning produces nearly every frame (~1 s stalls). Elsewhere: torch's default choice."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 class PositionalEncoder(nn.Module):
     """Learnable Fourier features of normalised (x, y), used as rotary phases (one frequency per pair
     of head channels)."""
@@ -284,12 +295,45 @@ class PositionalEncoder(nn.Module):
         return self.projector(keypoints).repeat_interleave(2, dim=-1)
 
 
+def rotary_tables(phases: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sign-folded sin of the rotary phases, computed once per forward (gathered with the points
+    when the working set is compacted, never recomputed per layer): ``sin`` is negated on even channels so
+    that :func:`apply_rotary` needs a pair swap only (-odd * sin == odd * -sin exactly)."""
+    sin = phases.sin()
+    sin = torch.stack((-sin[..., 0::2], sin[..., 1::2]), dim=-1).flatten(-2)
+    return phases.cos(), sin
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2j, 2j+1) of ``x`` by the phases; done in float32 (phases can be large)."""
+    """Rotate channel pairs (2j, 2j+1) of ``x`` by the phases (``sin`` from :func:`rotary_tables`); done in
+    float32 (phases can be large)."""
     x32 = x.float()
-    even, odd = x32.unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack((-odd, even), dim=-1).flatten(-2)
-    return (x32 * cos + rotated * sin).to(x.dtype)
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (odd, even) of each pair
+    return (x32 * cos + swapped * sin).to(x.dtype)
+
+
+@dataclass
+class _Projections:
+    """Fused projection of an :class:`Attention`, built from its Linear layers; ``parts`` output blocks
+    of width dim: (q, k, v) or, when q_proj equals k_proj, (q, v) with keys = queries."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    shared_qk: bool
+    source: tuple[tuple[torch.Tensor, int, int | None], ...]  # (parameter, data_ptr, version) it was built from
+
+    @staticmethod
+    def stamp(t: torch.Tensor) -> tuple[torch.Tensor, int, int | None]:
+        try:
+            version: int | None = t._version
+        except RuntimeError:  # an inference tensor has no version counter: never trusted as unchanged
+            version = None
+        return t, t.data_ptr(), version
+
+    def fresh(self, params: Sequence[torch.Tensor]) -> bool:
+        return len(params) == len(self.source) and all(
+            p is t and p.data_ptr() == ptr and v is not None and self.stamp(p)[2] == v
+            for p, (t, ptr, v) in zip(params, self.source))
 
 
 class Attention(nn.Module):
@@ -299,9 +343,33 @@ class Attention(nn.Module):
         super().__init__()
         self.heads = heads
         self.q_proj, self.k_proj, self.v_proj, self.o_proj = (nn.Linear(dim, dim, bias=bias) for _ in range(4))
+        self._fused: _Projections | None = None  # a cache, not state: rebuilt whenever a projection changes
+
+    def _parameters_of_projections(self) -> list[torch.Tensor]:
+        linears = (self.q_proj, self.k_proj, self.v_proj)
+        return [lin.weight for lin in linears] + [lin.bias for lin in linears if lin.bias is not None]
+
+    def projections(self) -> _Projections:
+        """q, k, v projections fused into one GEMM (one large matrix product is faster than three small
+        ones, and one kernel launch instead of three on CUDA). Built on first use and after any change of
+        the weights (in-place edits included), so state_dict and loading are untouched. With q_proj ==
+        k_proj (every released cvg LightGlue: its cross attention has one shared to_qk) the key projection
+        is dropped: keys are the queries."""
+        params = self._parameters_of_projections()
+        if self._fused is None or not self._fused.fresh(params):
+            q, k, v = self.q_proj, self.k_proj, self.v_proj
+            with torch.no_grad():
+                shared = torch.equal(q.weight, k.weight) and (
+                    q.bias is None if k.bias is None else q.bias is not None and torch.equal(q.bias, k.bias))
+                parts = (q, v) if shared else (q, k, v)
+                weight = torch.cat([lin.weight for lin in parts])
+                bias = torch.cat([lin.bias for lin in parts]) if q.bias is not None else None
+            self._fused = _Projections(weight, bias, shared, tuple(_Projections.stamp(p) for p in params))
+        return self._fused
 
     def forward(self, x: torch.Tensor, source: torch.Tensor, key_mask: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Unfused reference path (tests): ``x`` (S, W, D) attends over ``source`` (S, W', D)."""
         def heads(t: torch.Tensor) -> torch.Tensor:  # (S, W, D) -> (S, heads, W, head_dim)
             return t.unflatten(-1, (self.heads, -1)).transpose(1, 2)
 
@@ -310,6 +378,36 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         # Key mask only: padded queries still see real keys, so no row is all -inf (no NaN).
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        return self.o_proj(context.transpose(1, 2).flatten(-2))
+
+    def self_attention(self, x: torch.Tensor, key_mask: torch.Tensor, cos: torch.Tensor,
+                       sin: torch.Tensor) -> torch.Tensor:
+        """= forward(x, x, key_mask, rope) with one fused projection and one rotary pass for q and k.
+        x (S, W, D); key_mask (S, W); cos / sin (S, W, head_dim)."""
+        fused = self.projections()
+        y = F.linear(x, fused.weight, fused.bias).unflatten(-1, (-1, self.heads, x.shape[-1] // self.heads))
+        q, k, v = (y[:, :, j].transpose(1, 2) for j in (0, 1 - fused.shared_qk, -1))  # (S, heads, W, head_dim)
+        # Rotating q and k separately (contiguous outputs) measured faster than one pass over both.
+        q, k = apply_rotary(q, cos[:, None], sin[:, None]), apply_rotary(k, cos[:, None], sin[:, None])
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+        return self.o_proj(context.transpose(1, 2).flatten(-2))
+
+    def cross_attention(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """Each image of a pair attends to the other: x (P, 2, W, D), key_mask (P, 2, W) the image's own
+        active points; returns (2P, W, D). = forward(x, other, other_mask) on the pairs flattened, with
+        other = x with image0 / image1 swapped: projecting x once and swapping the projections gives the
+        same keys and values."""
+        fused = self.projections()
+        p, _, w, d = x.shape
+        y = F.linear(x, fused.weight, fused.bias).unflatten(-1, (-1, self.heads, d // self.heads))
+        other = y.flip(1)  # (P, 2, W, parts, heads, head_dim) of the other image
+        q, k, v = y[..., 0, :, :], other[..., 1 - fused.shared_qk, :, :], other[..., -1, :, :]
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (P, 2, W, heads, head_dim) -> (2P, heads, W, head_dim)
+            return t.flatten(0, 1).transpose(1, 2)
+
+        mask = key_mask.flip(1).reshape(2 * p, 1, 1, w)
+        context = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), attn_mask=mask)
         return self.o_proj(context.transpose(1, 2).flatten(-2))
 
 
@@ -337,17 +435,15 @@ class TransformerLayer(nn.Module):
         self.cross_attention = Attention(dim, heads, bias)
         self.cross_mlp = MessageMLP(dim, arch.intermediate_size)
 
-    def forward(self, desc: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, desc: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 active: torch.Tensor) -> torch.Tensor:
-        """desc (P, 2, W, D) of P pairs (image0, image1); active (P, 2, W) real, unpruned points."""
+        """desc (P, 2, W, D) of P pairs (image0, image1); cos / sin (P, 2, W, head_dim) from
+        :func:`rotary_tables`; active (P, 2, W) real, unpruned points."""
         pairs, _, width, dim = desc.shape
         x, mask = desc.reshape(2 * pairs, width, dim), active.reshape(2 * pairs, width)
-        x = x + self.self_mlp(x, self.self_attention(x, x, mask, rope))
-        # Swap image0/image1 so each image attends to the other one (both directions in one call).
-        other = x.unflatten(0, (pairs, 2)).flip(1).flatten(0, 1)
-        other_mask = active.flip(1).reshape(2 * pairs, width)
-        x = x + self.cross_mlp(x, self.cross_attention(x, other, other_mask))
-        return x.view(pairs, 2, width, dim)
+        x = x + self.self_mlp(x, self.self_attention.self_attention(x, mask, cos.flatten(0, 1), sin.flatten(0, 1)))
+        x = x.view(pairs, 2, width, dim)
+        return x + self.cross_mlp(x, self.cross_attention.cross_attention(x, active).view(pairs, 2, width, dim))
 
 
 def log_double_softmax(sim: torch.Tensor, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
@@ -399,17 +495,26 @@ class _Working:
 
     pairs: torch.Tensor  # (P,) index in the input batch
     desc: torch.Tensor  # (P, 2, W, D)
-    phases: torch.Tensor  # (P, 2, W, head_dim) rotary phases
+    cos: torch.Tensor  # (P, 2, W, head_dim) rotary tables (rotary_tables)
+    sin: torch.Tensor  # (P, 2, W, head_dim)
     index: torch.Tensor  # (P, 2, W) point index in its image, -1 = padding
+    # (P, 2, W) the point's flat index into _AdaptiveState's (B, 2, max(M, N)) tensors; padding points at
+    # its image's point 0 and is only ever given 0 there (scatter-adds by slot need no boolean indexing).
+    slot: torch.Tensor
     active: torch.Tensor  # (P, 2, W)
 
     def select(self, keep: torch.Tensor) -> "_Working":
-        return _Working(*(getattr(self, f.name)[keep] for f in dataclasses.fields(self)))
+        """The pairs where ``keep`` (P,) bool: one nonzero (device sync) for all fields."""
+        rows = keep.nonzero().squeeze(1)
+        return _Working(*(getattr(self, f.name).index_select(0, rows) for f in dataclasses.fields(self)))
 
-    def compact(self) -> "_Working":
-        """Move active points to the front and trim the width to the largest active count, so pruning
+    def counts(self) -> list[list[int]]:
+        """Active points per pair and image, on the host (a device sync)."""
+        return self.active.sum(-1).tolist()
+
+    def compact(self, width: int) -> "_Working":
+        """Move active points to the front and trim to ``width`` (the largest active count), so pruning
         actually saves compute."""
-        width = int(self.active.sum(-1).max()) if self.active.numel() else 0
         if width == self.active.shape[-1]:
             return self
         order = torch.sort((~self.active).to(torch.uint8), dim=-1, stable=True).indices[..., :width]
@@ -417,13 +522,13 @@ class _Working:
         def take(t: torch.Tensor) -> torch.Tensor:
             return t.gather(2, order if t.dim() == 3 else order[..., None].expand(-1, -1, -1, t.shape[-1]))
 
-        return _Working(self.pairs, take(self.desc), take(self.phases), take(self.index), take(self.active))
+        return _Working(self.pairs, *(take(getattr(self, f.name)) for f in dataclasses.fields(self)[1:]))
 
 
 class _AdaptiveState:
     """What adaptive depth and width decided for each of the B pairs, at full size, filled in while the
     transformer runs: :meth:`exit` freezes pairs (stop layer, log assignment of that layer), :meth:`prune`
-    drops points. Points are addressed as (pair, image 0|1, index in its image)."""
+    drops points. Points are addressed as (pair, image 0|1, index in its image), or by their flat slot."""
 
     def __init__(self, batch: int, m: int, n: int, device: torch.device):
         p = max(m, n)
@@ -432,24 +537,29 @@ class _AdaptiveState:
         self.log_assignment = torch.full((batch, m + 2, n + 2), -math.inf, device=device)
         self.stop_layer = torch.zeros(batch, dtype=torch.long, device=device)
         self.layers = torch.zeros(batch, 2, p, dtype=torch.long, device=device)  # layers each point ran
-        self.pruned = torch.zeros(batch, 2, p, dtype=torch.bool, device=device)
+        self._times_pruned = torch.zeros(batch, 2, p, dtype=torch.int32, device=device)  # 0 or 1
         self.has_assignment = torch.zeros(batch, dtype=torch.bool, device=device)
 
     @staticmethod
-    def _points(st: _Working, which: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(pair, image, index) of the working points selected by ``which`` (P, 2, W)."""
-        pairs = st.pairs[:, None, None].expand_as(which)
-        images = torch.arange(2, device=which.device)[None, :, None].expand_as(which)
-        return pairs[which], images[which], st.index[which]
+    def slots(pairs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Flat slots (see _Working.slot) of points ``index`` (P, 2, W) of batch pairs ``pairs`` (P,)."""
+        rows = pairs[:, None, None] * 2 + torch.arange(2, device=index.device)[None, :, None]
+        return rows * index.shape[-1] + index.clamp(min=0)
+
+    @property
+    def pruned(self) -> torch.Tensor:
+        """(B, 2, max(M, N)) bool, dropped before its pair stopped."""
+        return self._times_pruned > 0
 
     def ran_layer(self, st: _Working) -> None:
-        self.layers[self._points(st, st.active)] += 1  # each active point once: no index repeats
+        # Adding 0/1 by slot: no boolean indexing, so no device sync (each active slot occurs once).
+        self.layers.view(-1).index_add_(0, st.slot.flatten(), st.active.flatten().long())
 
-    def exit(self, st: _Working, stop: torch.Tensor, layer_index: int,
+    def exit(self, st: _Working, stop: torch.Tensor | None, layer_index: int,
              head: "MatchAssignment | None") -> _Working:
-        """The ``stop`` pairs end after layer ``layer_index``: store their stop layer and (given the layer's
-        assignment ``head``) their log assignment; return the pairs still running."""
-        done = st.select(stop)
+        """The ``stop`` pairs (None: all) end after layer ``layer_index``: store their stop layer and (given
+        the layer's assignment ``head``) their log assignment; return the pairs still running."""
+        done = st if stop is None else st.select(stop)
         self.stop_layer[done.pairs] = layer_index + 1
         if head is not None and len(done.pairs):
             la = head(done.desc.float(), done.active)  # (D, W+1, W+1)
@@ -459,11 +569,11 @@ class _AdaptiveState:
             cols = F.pad(rows_cols[:, 1], (0, 1), value=self.n)
             self.log_assignment[done.pairs[:, None, None], rows[:, :, None], cols[:, None, :]] = la
             self.has_assignment[done.pairs] = True
-        return st.select(~stop)
+        return st.select(st.pairs[:0]) if stop is None else st.select(~stop)
 
     def prune(self, st: _Working, drop: torch.Tensor) -> _Working:
-        """Drop the ``drop`` points (P, 2, W) from the working set."""
-        self.pruned[self._points(st, drop)] = True
+        """Drop the ``drop`` points (P, 2, W; active ones only) from the working set."""
+        self._times_pruned.view(-1).index_add_(0, st.slot.flatten(), drop.flatten().to(torch.int32))
         return dataclasses.replace(st, active=st.active & ~drop)
 
 
@@ -623,41 +733,49 @@ class LightGlue(nn.Module):
         num_points = valid.flatten(1).sum(1)  # initial counts: the stop ratio's denominator
         runnable = valid.any(-1).all(-1)  # both images have keypoints
         index = torch.where(valid, torch.arange(p, device=device), -1)
-        st = _Working(torch.arange(b, device=device), desc, self.positional_encoder(kpts), index, valid)
-        st = st.select(runnable).compact()
+        pairs = torch.arange(b, device=device)
+        st = _Working(pairs, desc, *rotary_tables(self.positional_encoder(kpts)), index,
+                      _AdaptiveState.slots(pairs, index), valid)
+        st = st.select(runnable)
+        st = st.compact(max((max(c) for c in st.counts()), default=0))
         state = _AdaptiveState(b, m, n, device)
 
         def autocast():  # only the transformer runs in reduced precision; the residual stream stays float32
-            return torch.autocast(device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
+            if self.compute_dtype == torch.float32:
+                return contextlib.nullcontext()
+            return torch.autocast(device.type, dtype=self.compute_dtype)
 
         with autocast():
             st.desc = self.input_projection(st.desc).float()
-        for i, layer in enumerate(self.transformer_layers):
-            if not len(st.pairs):
-                break
-            rope = tuple(f(st.phases).flatten(0, 1)[:, None] for f in (torch.cos, torch.sin))
-            with autocast():
-                st.desc = layer(st.desc, rope, st.active).float()
-            state.ran_layer(st)
-            head = self.match_assignment_layers[i]
-            if i == arch.num_layers - 1:  # no exit decision or pruning after the last layer
-                state.exit(st, torch.ones_like(st.pairs, dtype=torch.bool), i, head)
-                break
-            confidences = None
-            if options.early_exit:
-                confidences = self.token_confidence[i](st.desc)
-                stop = self.check_if_stop(confidences, st.active, num_points[st.pairs], i)
-                if stop.any():
-                    st = state.exit(st, stop, i, head)
-                    confidences = confidences[~stop]
-            if options.pruning and len(st.pairs):
-                keep = self.get_pruning_mask(confidences, head.matchability_probability(st.desc), i)
-                eligible = st.active.sum(-1, keepdim=True) > options.pruning_min_keypoints
-                st = state.prune(st, st.active & ~keep & eligible)
-                emptied = (~st.active.any(-1)).any(-1)  # an image lost all points: nothing left to match
-                if emptied.any():
-                    st = state.exit(st, emptied, i, head=None)
-            st = st.compact()
+        with _attention_backends(device):
+            for i, layer in enumerate(self.transformer_layers):
+                if not len(st.pairs):
+                    break
+                with autocast():
+                    st.desc = layer(st.desc, st.cos, st.sin, st.active).float()
+                state.ran_layer(st)
+                head = self.match_assignment_layers[i]
+                if i == arch.num_layers - 1:  # no exit decision or pruning after the last layer
+                    state.exit(st, None, i, head)
+                    break
+                confidences, changed = None, False
+                if options.early_exit:
+                    confidences = self.token_confidence[i](st.desc)
+                    stop = self.check_if_stop(confidences, st.active, num_points[st.pairs], i)
+                    if stop.any():  # the layer's one sync when nothing exits
+                        st, changed = state.exit(st, stop, i, head), True
+                        confidences = confidences[~stop]
+                if options.pruning and len(st.pairs):
+                    keep = self.get_pruning_mask(confidences, head.matchability_probability(st.desc), i)
+                    eligible = st.active.sum(-1, keepdim=True) > options.pruning_min_keypoints
+                    st, changed = state.prune(st, st.active & ~keep & eligible), True
+                if changed and len(st.pairs):  # one sync for both: emptied images and the new width
+                    counts = st.counts()
+                    emptied = [min(c) == 0 for c in counts]  # an image lost all points: nothing left to match
+                    if any(emptied):
+                        st = state.exit(st, torch.tensor(emptied, device=device), i, head=None)
+                        counts = [c for c, e in zip(counts, emptied) if not e]
+                    st = st.compact(max((max(c) for c in counts), default=0))
 
         present = valid & ~state.pruned & state.has_assignment[:, None, None]  # points in the final assignment
         log_assignment = state.log_assignment[:, : m + 1, : n + 1]
