@@ -9,6 +9,7 @@ that stamp (this process' clock = the node's clock), so it covers DDS both ways,
 and the processing. Modes (a fresh node for each, so its counters are the mode's own):
 
 * ``30hz``:  --frames frames published at 30 Hz (open loop, as a camera);
+* ``rate``:  --frames frames published at --rate Hz (open loop; e.g. 15 Hz for a learned backend);
 * ``flood``: --frames frames published as fast as this process can (open loop, overload);
 * ``paced``: the next frame is published when the previous one's ~/matches arrived (closed loop:
   the node's throughput without drops).
@@ -16,8 +17,16 @@ and the processing. Modes (a fresh node for each, so its counters are the mode's
 Reported: frames published / received by the node / processed / dropped by the node's queue /
 lost before the node (published - received), processed frames per second (first publish to last
 output), latency p50/p99 measured here and as the node reports it (/diagnostics, stamp→publish),
-and the node's CPU use (psutil if installed, else /proc; 100 % = one core). The node's own
-percentiles cover its last 300 frames, so they include the --warmup frames of that mode.
+the node's CPU use (psutil if installed, else /proc; 100 % = one core) and its resident memory
+(/proc/<pid>/status: VmHWM, the peak since the node started, model loading included, and VmRSS at
+the end of the mode). The node's own percentiles cover its last 300 frames, so they include the
+--warmup frames of that mode. The camera-rate modes (30hz, rate) get a verdict line: every frame processed and
+p99 latency (here) <= --target-p99 ms.
+
+--profile NAME runs a shipped profile (glue_ros/profiles/NAME.yaml, passed as the node's
+--params-file, as the launch file does) with its real packaged weights; SuperPoint profiles use the
+hub cache when it has the weights, else random weights (as --learned). --keypoints and the bench's
+own overrides (device, queue size 1, diagnostics period, keyframe reset gap) are applied on top.
 
 --learned uses random weights (test/checkpoints.py via bench/common.py; nothing is downloaded):
 the compute is that of SuperPoint + LightGlue at --keypoints keypoints, but random descriptors give
@@ -27,6 +36,7 @@ layers" column; --full-depth disables both for the worst case).
     python bench/bench_node.py                       # ORB + nn (default)
     python bench/bench_node.py --learned             # SuperPoint + LightGlue, random weights, 1024 kp
     python bench/bench_node.py --modes paced --frames 50
+    python bench/bench_node.py --profile xfeat_lighterglue --keypoints 512 --modes rate --rate 15 --frames 60
 """
 from __future__ import annotations
 
@@ -52,31 +62,61 @@ from glue_ros.ros.messages import decode_matches  # noqa: E402
 from glue_ros.ros.msg_types import stamp_to_ns  # noqa: E402
 from glue_ros.synthetic import render_sequence  # noqa: E402
 
-MODES = ("30hz", "flood", "paced")
+MODES = ("30hz", "rate", "flood", "paced")
+CAMERA_RATE = {"30hz", "rate"}  # modes that stand for a camera: the verdict lines apply
 
 
 def node_params(args, weights: dict[str, Path] | None) -> dict:
+    """-p overrides of the node (with --profile they come after the profile's params file)."""
     # reset_gap_s: in the paced mode stamps are as far apart as the processing takes (seconds for the
     # learned path on a CPU); the default 2 s would reset the keyframe buffer before every frame.
     params = {"device": args.device, "diagnostics.period_s": 0.25, "input.queue_size": 1,
               "extractor.max_keypoints": args.keypoints, "keyframes.reset_gap_s": 60.0}
-    if weights is None:
+    if args.profile is None and weights is None:
         params.update({"extractor.type": "orb", "matcher.type": "nn"})
-    else:
-        params.update({"extractor.type": "superpoint", "matcher.type": "lightglue",
-                       "extractor.weights": str(weights["superpoint"]), "matcher.weights": str(weights["lightglue"]),
+    elif weights is not None:
+        if args.profile is None:
+            params.update({"extractor.type": "superpoint", "matcher.type": "lightglue"})
+        matcher_kind = "superglue_indoor" if "superglue_indoor" in weights else "lightglue"
+        params.update({"extractor.weights": str(weights["superpoint"]), "matcher.weights": str(weights[matcher_kind]),
                        # random-weight SuperPoint scores are nearly uniform: keep exactly max_keypoints
                        "extractor.keypoint_threshold": 0.0})
-        if args.full_depth:
-            params.update({"matcher.depth_confidence": -1.0, "matcher.width_confidence": -1.0})
+    if args.full_depth:
+        params.update({"matcher.depth_confidence": -1.0, "matcher.width_confidence": -1.0})
     return params
 
 
-def make_weights(directory: Path) -> dict[str, Path]:
+def make_weights(directory: Path, matcher: str = "lightglue") -> dict[str, Path]:
     import common  # bench/common.py: test/checkpoints.py random weights in the HF layout
 
-    _, dirs = common.build_checkpoints(directory, kinds=("superpoint", "lightglue"))
+    _, dirs = common.build_checkpoints(directory, kinds=("superpoint", matcher))
     return dirs
+
+
+def profile_weights(profile: str, directory: Path) -> tuple[dict[str, Path] | None, str]:
+    """(random-weight directories or None, label) for a profile: packaged / cached weights are used
+    as they are; a SuperPoint profile whose hub weights are not cached gets random weights."""
+    import common  # noqa: F401  (offline hub environment before huggingface_hub is imported)
+    from glue_ros.config import load_config
+    from glue_ros.models.weights import WeightsError, check_available
+
+    flat = load_config(profile=profile)
+    try:
+        check_available(flat)
+        return None, "real weights"
+    except WeightsError:
+        if flat["extractor.type"] != "superpoint":
+            raise
+    matcher = "superglue_indoor" if flat["matcher.type"] == "superglue" else "lightglue"
+    return make_weights(directory, matcher), "random weights: hub weights not cached"
+
+
+def node_memory_kib(pid: int) -> dict[str, int]:
+    """VmHWM (peak resident set since start) and VmRSS of the node, KiB."""
+    import soak  # bench/soak.py: the /proc probes
+
+    status = soak.proc_status(pid)
+    return {"hwm_kib": status["VmHWM"], "rss_kib": status["VmRSS"]}
 
 
 def frames(seq, count: int):
@@ -88,24 +128,51 @@ def frames(seq, count: int):
         yield k if k < n else period - k
 
 
+def handshake(topics, seq, proc, timeout: float = 300.0) -> None:
+    """Re-send frame 0 with fresh stamps until an output of any of them arrives: until then our
+    best-effort frame or the node's first output may race discovery (a learned node's first frame
+    can also take seconds, so any answer counts, not only the latest stamp's)."""
+    sent: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while True:
+        sent.add(topics.publish(seq.images[0], time.time_ns(), seq.camera))
+        try:
+            topics.graph.wait_for(lambda: sent & set(topics.matches.stamps()), 2.0, "the node's first output")
+            return
+        except AssertionError:
+            if time.monotonic() > deadline or not proc.alive():
+                raise AssertionError(f"no output from the node within {timeout:.0f} s") from None
+
+
 def run_mode(mode: str, args, seq, messages, info, params, graph, log_dir: Path) -> dict:
     ns = f"/bench_{mode}"
     env = rg.child_env(single_threaded=False)  # the node uses every core, as deployed
-    with rg.start_node(namespace=ns, params=params, env=env, log_dir=log_dir, label=f"node_{mode}") as proc:
+    ros_args = ("--params-file", str(args.profile_file)) if args.profile else ()
+    with rg.start_node(*ros_args, namespace=ns, params=params, env=env, log_dir=log_dir,
+                       label=f"node_{mode}") as proc:
         topics = rg.MatcherTopics(graph, ns)
         topics.wait_ready(proc, timeout=300.0)
-        # warm-up (first-call costs), paced
-        for k in range(args.warmup):
-            topics.publish_and_wait(seq.images[k], time.time_ns(), seq.camera, timeout=300.0)
+        try:
+            handshake(topics, seq, proc)
+            # warm-up (first-call costs), paced
+            for k in range(args.warmup):
+                stamp = topics.publish(seq.images[k], time.time_ns(), seq.camera)
+                topics.matches.wait_for_stamp(stamp, 300.0)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; node output:\n{proc.output()[-3000:]}") from None
         before_rx = len(topics.matches)
-        base = rg.wait_until(lambda: int(topics.diagnostics_of_node()[-1]["frames_pending"]) == 0 and
-                             topics.diagnostics_of_node()[-1], 30.0, "idle node")
+
+        def idle():  # the node's first report may still be on its way after the warm-up frames
+            reports = topics.diagnostics_of_node()
+            return reports and int(reports[-1]["frames_pending"]) == 0 and reports[-1]
+
+        base = rg.wait_until(idle, 30.0, "idle node")
 
         stamps: list[int] = []
         cpu0, t0 = rg.process_cpu_seconds(proc.pid), time.monotonic()
-        period = 1.0 / 30.0
+        period = 1.0 / (30.0 if mode == "30hz" else args.rate)
         for n, k in enumerate(frames(seq, args.frames)):
-            if mode == "30hz":
+            if mode in ("30hz", "rate"):
                 delay = t0 + n * period - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
@@ -135,6 +202,7 @@ def run_mode(mode: str, args, seq, messages, info, params, graph, log_dir: Path)
 
         end = rg.wait_until(settled, 600.0, "the node to finish", poll=0.1)
         cpu1 = rg.process_cpu_seconds(proc.pid)
+        memory = node_memory_kib(proc.pid)
         with graph.lock:
             outputs = [(r.msg, r.time_ns) for r in topics.matches.items[before_rx:]]
         latencies = [(t - stamp_to_ns(m.header.stamp)) * 1e-6 for m, t in outputs if stamp_to_ns(m.header.stamp) in wanted]
@@ -146,7 +214,8 @@ def run_mode(mode: str, args, seq, messages, info, params, graph, log_dir: Path)
                                                          "frames_dropped_queue_total", "frames_rejected_total")}
         assert proc.interrupt(timeout=30.0) == 0, proc.output()[-2000:]
         return {
-            "mode": mode, "published": len(stamps), "publish_hz": len(stamps) / published_s,
+            "mode": mode if mode != "rate" else f"{args.rate:g} Hz", "camera_rate": mode in CAMERA_RATE,
+            "published": len(stamps), "publish_hz": len(stamps) / published_s,
             "received": delta["frames_received"], "processed": delta["frames_processed"],
             "dropped_queue": delta["frames_dropped_queue_total"], "rejected": delta["frames_rejected_total"],
             "lost_before_node": len(stamps) - delta["frames_received"],
@@ -158,6 +227,7 @@ def run_mode(mode: str, args, seq, messages, info, params, graph, log_dir: Path)
             "node_proc_p50": float(end["processing_p50_ms"]),
             "cpu_pct": 100.0 * (cpu1 - cpu0) / busy_s, "matches_median": float(np.median(matches)) if matches else 0,
             "keypoints": int(end["keypoints"]), "stop_layer": int(end["lightglue_stop_layer"]),
+            "rss_peak_mib": memory["hwm_kib"] / 1024, "rss_end_mib": memory["rss_kib"] / 1024,
         }
 
 
@@ -171,7 +241,7 @@ def _time(stamp_ns: int):
 def table(rows: list[dict]) -> str:
     headers = ["mode", "published (Hz)", "received", "processed", "dropped (queue)", "lost before node",
                "processed fps", "latency p50/p99 ms (here)", "latency p50/p99 ms (node)", "processing p50 ms",
-               "node CPU %", "keypoints", "matches (median)", "LightGlue layers"]
+               "node CPU %", "node RSS peak / end MiB", "keypoints", "matches (median)", "LightGlue layers"]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for r in rows:
         lines.append("| " + " | ".join([
@@ -179,28 +249,75 @@ def table(rows: list[dict]) -> str:
             str(r["dropped_queue"]), f"{r['lost_before_node']} (reported {r['lost_transport_reported']})",
             f"{r['fps']:.1f}", f"{r['lat_p50']:.0f} / {r['lat_p99']:.0f}",
             f"{r['node_lat_p50']:.0f} / {r['node_lat_p99']:.0f}", f"{r['node_proc_p50']:.0f}",
-            f"{r['cpu_pct']:.0f}", str(r["keypoints"]), f"{r['matches_median']:.0f}",
+            f"{r['cpu_pct']:.0f}", f"{r['rss_peak_mib']:.0f} / {r['rss_end_mib']:.0f}", str(r["keypoints"]),
+            f"{r['matches_median']:.0f}",
             str(r["stop_layer"]) if r["stop_layer"] >= 0 else "-"]) + " |")
     return "\n".join(lines)
 
 
+def verdicts(rows: list[dict], target_p99_ms: float) -> list[str]:
+    """Camera-rate modes: every published frame processed (none lost, dropped or rejected) and p99 latency."""
+    out = []
+    for r in rows:
+        if not r["camera_rate"]:
+            continue
+        all_processed = r["processed"] == r["published"]
+        fast = r["lat_p99"] <= target_p99_ms
+        out.append(f"{r['mode']}: all frames processed: {'yes' if all_processed else 'NO'} "
+                   f"({r['processed']}/{r['published']}); p99 latency {r['lat_p99']:.0f} ms <= {target_p99_ms:g} ms: "
+                   f"{'yes' if fast else 'NO'}")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--learned", action="store_true", help="SuperPoint + LightGlue (random weights)")
-    parser.add_argument("--frames", type=int, default=None, help="frames per mode (default 200, learned 40)")
+    backend_group = parser.add_mutually_exclusive_group()
+    backend_group.add_argument("--learned", action="store_true", help="SuperPoint + LightGlue (random weights)")
+    backend_group.add_argument("--profile", help="a shipped profile (e.g. xfeat_lighterglue), its real weights")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames per mode (default 200, learned backends 40)")
     parser.add_argument("--keypoints", type=int, default=1024, help="extractor.max_keypoints")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
+    parser.add_argument("--modes", default=None,
+                        help=f"comma-separated subset of {', '.join(MODES)} "
+                             "(default 30hz,flood,paced; rate when --rate is given)")
+    parser.add_argument("--rate", type=float, default=None, help="publishing rate of the rate mode, Hz (default 15)")
+    parser.add_argument("--target-p99", type=float, default=150.0,
+                        help="latency target of the open-loop verdict lines, ms")
     parser.add_argument("--device", default="cpu", help="node device parameter (cpu, cuda, auto)")
     parser.add_argument("--unique", type=int, default=40, help="distinct frames rendered (ping-pong)")
     parser.add_argument("--warmup", type=int, default=3, help="paced warm-up frames before each mode")
     parser.add_argument("--full-depth", action="store_true",
                         help="LightGlue without early exit / pruning (random weights make both arbitrary)")
     args = parser.parse_args(argv)
-    args.frames = args.frames or (40 if args.learned else 200)
+    if args.modes is None:
+        args.modes = "rate" if args.rate is not None else "30hz,flood,paced"
+    args.rate = 15.0 if args.rate is None else args.rate
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - set(MODES)
-    if unknown:
-        parser.error(f"unknown mode(s): {', '.join(sorted(unknown))}")
+    if unknown or not modes:
+        parser.error(f"unknown mode(s): {', '.join(sorted(unknown)) or '(none given)'}; modes: {', '.join(MODES)}")
+    if not args.rate > 0:
+        parser.error(f"--rate must be > 0 Hz, got {args.rate:g}")
+    if args.frames is not None and args.frames < 1:
+        parser.error(f"--frames must be >= 1, got {args.frames}")
+    if args.unique < 2:
+        parser.error(f"--unique must be >= 2, got {args.unique}")
+
+    from glue_ros.config import ParameterError, load_params_file, profile_path, validate
+
+    profile_values = {}
+    if args.profile:
+        try:
+            args.profile_file = profile_path(args.profile)
+        except ParameterError as exc:
+            parser.error(str(exc))
+        profile_values = load_params_file(args.profile_file)
+    learned = args.learned or profile_values.get("extractor.type", "orb") not in ("orb", "sift")
+    args.frames = args.frames or (40 if learned else 200)
+    try:  # bad values here, not as a node that dies at start-up
+        validate({**profile_values, **node_params(args, None)})
+    except ParameterError as exc:
+        parser.error(str(exc))
 
     from sensor_msgs.msg import Image
 
@@ -209,21 +326,28 @@ def main(argv=None) -> int:
     messages = [encode_image(im, "rgb8", Image, stamp_ns=0, frame_id="camera") for im in seq.images]
     info = rg.camera_info_msg(seq.camera, 0)
     with tempfile.TemporaryDirectory(prefix="glue_ros_bench_node_") as tmp:
-        weights = make_weights(Path(tmp) / "weights") if args.learned else None
+        if args.profile:
+            weights, label = profile_weights(args.profile, Path(tmp) / "weights")
+            backend = f"profile {args.profile} ({label})"
+        else:
+            weights = make_weights(Path(tmp) / "weights") if args.learned else None
+            backend = "SuperPoint + LightGlue (random weights)" if args.learned else "ORB + nn"
         params = node_params(args, weights)
-        backend = "SuperPoint + LightGlue (random weights)" if args.learned else "ORB + nn"
         print(f"backend: {backend}, extractor.max_keypoints {args.keypoints}, device {args.device}, "
               f"{args.frames} frames per mode, Fast DDS profile {rg.FASTDDS_PROFILE.name}, "
               f"ROS_DOMAIN_ID {rg.DOMAIN_ID}", flush=True)
         rows = []
         with rg.Graph("bench_node") as graph:
             for mode in modes:
-                print(f"mode {mode} ...", flush=True)
+                print(f"mode {mode if mode != 'rate' else f'{args.rate:g} Hz'} ...", flush=True)
                 rows.append(run_mode(mode, args, seq, messages, info, params, graph, Path(tmp)))
     print()
     print(f"glue_ros node benchmark: {backend}, 640x480 rgb8, {platform.processor() or platform.machine()}, "
-          f"{len(os.sched_getaffinity(0))} usable cores, device {args.device}")
+          f"{len(os.sched_getaffinity(0))} usable cores, device {args.device}, load average "
+          + " ".join(f"{x:.2f}" for x in os.getloadavg()))
     print(table(rows))
+    for line in verdicts(rows, args.target_p99):
+        print(line)
     return 0
 
 

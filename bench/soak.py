@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Soak: many frames through the node (over DDS) and through the offline replay; nothing grows.
 
-Two modes, each on CPU with the classical backend (ORB + nn) at a small resolution (default
+Two modes, each on CPU with the classical backend (ORB + nn; --profile NAME runs any shipped
+profile instead, e.g. xfeat_lighterglue with its packaged weights) at a small resolution (default
 160x120) so 10,000 frames take minutes:
 
 * ``node``: the matcher node in its own process (``python -m glue_ros.ros.node``); this process
@@ -29,6 +30,7 @@ still in /dev/shm and no live process maps (leaked). ``check()`` turns the figur
     python bench/soak.py                          # both modes, 10,000 frames each
     python bench/soak.py --modes node --frames 2000 --pace free --rate 200
     python bench/soak.py --json out/soak.json
+    python bench/soak.py --modes replay --profile xfeat_lighterglue --keypoints 256   # a learned backend
 """
 from __future__ import annotations
 
@@ -55,6 +57,21 @@ PERIOD_NS = 33_333_333  # 30 Hz stamps
 NODE_PARAMS = {"device": "cpu", "extractor.type": "orb", "matcher.type": "nn", "extractor.max_keypoints": 200,
                "keyframes.buffer_size": 5, "keyframes.match_against": 2, "keyframes.min_matches": 40,
                "diagnostics.period_s": 1.0}
+DEFAULT_PROFILE = "orb_nn"  # NODE_PARAMS' backend
+CLASSICAL = ("orb", "sift")
+
+
+def soak_params(profile: str = DEFAULT_PROFILE, keypoints: int | None = None) -> dict:
+    """NODE_PARAMS with the profile's parameters (its backend) and ``keypoints`` on top; ParameterError
+    for an unknown profile or bad value."""
+    from glue_ros.config import load_params_file, profile_path, validate
+
+    params = dict(NODE_PARAMS)
+    params.update(load_params_file(profile_path(profile)))
+    if keypoints is not None:
+        params["extractor.max_keypoints"] = keypoints
+    validate(params)
+    return params
 
 
 # =============================================================================== /proc probes
@@ -171,7 +188,9 @@ class SoakFigures:
 
     def lines(self) -> list[str]:
         e = self.extra
-        out = [f"[{self.mode}] {self.frames} frames in {self.seconds:.1f} s ({self.frames_per_s:.1f} frames/s)",
+        backend = f", {e['profile']} at {e['keypoints']} keypoints" if "profile" in e else ""
+        out = [f"[{self.mode}] {self.frames} frames in {self.seconds:.1f} s ({self.frames_per_s:.1f} frames/s)"
+               + backend,
                f"  RSS after warm-up ({self.warmup} frames) {self.rss_start_kb / 1024:.1f} MiB -> end "
                f"{self.rss_end_kb / 1024:.1f} MiB (peak {self.rss_peak_kb / 1024:.1f} MiB), slope "
                f"{self.rss_slope_kb_per_1000:+.1f} KB / 1000 frames",
@@ -293,7 +312,7 @@ def _settled(graph, diagnostics: _Last, timeout: float = 15.0) -> dict:
 
 def run_node(frames: int, *, width: int = 160, height: int = 120, unique: int = 60, pace: str = "paced",
              rate: float = 100.0, sample_every: int = 100, warmup: int | None = None, log_dir: str | None = None,
-             progress: bool = True) -> SoakFigures:
+             progress: bool = True, profile: str = DEFAULT_PROFILE, keypoints: int | None = None) -> SoakFigures:
     import rosgraph as rg  # sets the isolated DDS environment before rclpy is initialised
 
     from diagnostic_msgs.msg import DiagnosticArray
@@ -302,13 +321,14 @@ def run_node(frames: int, *, width: int = 160, height: int = 120, unique: int = 
     from glue_ros.ros.diagnostics import decode_diagnostics
 
     warmup = warmup if warmup is not None else min(max(frames // 5, 100), 1000)
-    fig = SoakFigures("node", frames, warmup, extra={"pace": pace})
+    params = soak_params(profile, keypoints)
+    fig = SoakFigures("node", frames, warmup, extra={"pace": pace, "profile": profile,
+                                                     "keypoints": params["extractor.max_keypoints"]})
     seq = render(unique, width, height)
     order = pingpong(frames, unique)
     images = [rg.image_msg(image, 0) for image in seq.images]  # built once; only the stamp changes
     infos = [rg.camera_info_msg(seq.camera, 0) for _ in seq.images]
     threads_before = threading.active_count()
-    params = dict(NODE_PARAMS)
     shm_names: set[str] = set()
     shm_max = 0
     namespace = f"/soak_{os.getpid()}"
@@ -440,12 +460,14 @@ def make_bag(path: Path, frames: int, *, width: int = 160, height: int = 120, un
     return time.monotonic() - start
 
 
-def replay_worker(bag: str, output: str, figures_path: str, frames: int, sample_every: int, warmup: int) -> int:
+def replay_worker(bag: str, output: str, figures_path: str, frames: int, sample_every: int, warmup: int,
+                  profile: str = DEFAULT_PROFILE, keypoints: int | None = None) -> int:
     """Runs in the child process: replay with an observer that samples this process."""
     from glue_ros.config import FrontEndConfig, load_config
     from glue_ros.tools.replay import replay_offline
 
-    params = load_config(None, [f"{k}={v}" for k, v in NODE_PARAMS.items()])  # as glue-ros-replay --set
+    sets = [f"{k}={v}" for k, v in soak_params(profile, keypoints).items()]
+    params = load_config(None, sets)  # as glue-ros-replay --set
     fig = SoakFigures("replay", frames, warmup)
     bounds = {"max_buffer": 0, "max_tracks": 0}
     count = [0]
@@ -466,15 +488,20 @@ def replay_worker(bag: str, output: str, figures_path: str, frames: int, sample_
     fig.frames_per_s = summary.processed / fig.seconds
     config = FrontEndConfig.from_flat(params)
     fig.extra.update(bounds, processed=summary.processed, keyframes=summary.keyframes, resets=summary.resets,
-                     skipped=summary.skipped, buffer_bound=config.keyframes.buffer_size,
+                     skipped=summary.skipped, buffer_bound=config.keyframes.buffer_size, profile=profile,
+                     keypoints=config.extractor.max_keypoints,
                      tracks_bound=(config.keyframes.buffer_size + 1) * config.extractor.max_keypoints)
     Path(figures_path).write_text(json.dumps(asdict(fig)))
     return 0
 
 
 def run_replay(frames: int, *, width: int = 160, height: int = 120, unique: int = 60, sample_every: int = 100,
-               warmup: int | None = None, work_dir: str | None = None, progress: bool = True) -> SoakFigures:
+               warmup: int | None = None, work_dir: str | None = None, progress: bool = True,
+               profile: str = DEFAULT_PROFILE, keypoints: int | None = None) -> SoakFigures:
     warmup = warmup if warmup is not None else min(max(frames // 5, 100), 1000)
+    params = soak_params(profile, keypoints)  # bad names fail here, not in the child
+    # learned backends on a shared CPU: up to ~1 s a frame under load (ORB + nn: ~10 ms)
+    per_frame_s = 0.2 if params["extractor.type"] in CLASSICAL else 2.0
     with tempfile.TemporaryDirectory(prefix="glue_ros_soak_", dir=work_dir) as tmp:
         bag, output, figures = Path(tmp) / "in_bag", Path(tmp) / "out_bag", Path(tmp) / "figures.json"
         generate_s = make_bag(bag, frames, width=width, height=height, unique=unique)
@@ -483,10 +510,11 @@ def run_replay(frames: int, *, width: int = 160, height: int = 120, unique: int 
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
                    OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
         command = [sys.executable, str(Path(__file__).resolve()), "--replay-worker", str(bag), str(output),
-                   str(figures), str(frames), str(sample_every), str(warmup)]
+                   str(figures), str(frames), str(sample_every), str(warmup), profile,
+                   str(params["extractor.max_keypoints"])]
         proc = subprocess.Popen(command, env=env, cwd=str(ROOT), start_new_session=True)
         try:
-            code = proc.wait(timeout=max(600.0, frames * 0.2))
+            code = proc.wait(timeout=max(600.0, frames * per_frame_s))
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -508,14 +536,46 @@ def _size(path: Path) -> int:
 # =============================================================================== CLI
 
 
+def argument_problem(args) -> str | None:
+    """One line on what is wrong with the CLI arguments (None: nothing)."""
+    from glue_ros.config import ParameterError
+
+    unknown = [m for m in args.modes.split(",") if m.strip() and m.strip() not in ("node", "replay")]
+    if unknown:
+        return f"unknown mode(s): {', '.join(unknown)}; modes: node, replay"
+    if args.frames < 2:
+        return f"--frames must be >= 2, got {args.frames}"
+    if args.keypoints is not None and args.keypoints < 1:  # the track-table bound needs a finite count
+        return f"--keypoints must be >= 1, got {args.keypoints}"
+    if min(args.width, args.height) < 32 or args.unique < 2 or args.sample_every < 1:
+        return "--width/--height must be >= 32, --unique >= 2, --sample-every >= 1"
+    try:
+        params = soak_params(args.profile, args.keypoints)
+    except ParameterError as exc:
+        return str(exc)
+    if params["extractor.type"] not in CLASSICAL:  # missing hub weights: say so before any bag is written
+        import common  # noqa: F401  (offline hub environment)
+        from glue_ros.models.weights import WeightsError, check_available
+
+        try:
+            check_available(params)
+        except WeightsError as exc:
+            return str(exc).splitlines()[0]
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--replay-worker"]:
-        bag, output, figures, frames, every, warmup = argv[1:7]
-        return replay_worker(bag, output, figures, int(frames), int(every), int(warmup))
+        bag, output, figures, frames, every, warmup, profile, keypoints = argv[1:9]
+        return replay_worker(bag, output, figures, int(frames), int(every), int(warmup), profile, int(keypoints))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=10_000)
+    parser.add_argument("--profile", default=DEFAULT_PROFILE,
+                        help="backend: a shipped profile (glue_ros/profiles), e.g. xfeat_lighterglue")
+    parser.add_argument("--keypoints", type=int, default=None,
+                        help=f"extractor.max_keypoints (default {NODE_PARAMS['extractor.max_keypoints']})")
     parser.add_argument("--modes", default="node,replay", help="comma-separated: node, replay")
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument("--height", type=int, default=120)
@@ -527,15 +587,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-slope", type=float, default=512.0, help="KB per 1000 frames counted as a leak")
     parser.add_argument("--json", help="write all figures (with samples) here")
     args = parser.parse_args(argv)
+    problem = argument_problem(args)
+    if problem:
+        parser.error(problem)
     results = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        print(f"soak: {mode}, {args.frames} frames at {args.width}x{args.height}", file=sys.stderr, flush=True)
+        print(f"soak: {mode}, {args.frames} frames at {args.width}x{args.height}, profile {args.profile}",
+              file=sys.stderr, flush=True)
+        backend = {"profile": args.profile, "keypoints": args.keypoints}
         if mode == "node":
             fig = run_node(args.frames, width=args.width, height=args.height, unique=args.unique, pace=args.pace,
-                           rate=args.rate, sample_every=args.sample_every, warmup=args.warmup)
+                           rate=args.rate, sample_every=args.sample_every, warmup=args.warmup, **backend)
         elif mode == "replay":
             fig = run_replay(args.frames, width=args.width, height=args.height, unique=args.unique,
-                             sample_every=args.sample_every, warmup=args.warmup)
+                             sample_every=args.sample_every, warmup=args.warmup, **backend)
         else:
             parser.error(f"unknown mode {mode!r}")
         results.append(fig)
