@@ -34,7 +34,7 @@ from glue_ros.tools.replay import replay_offline
 
 def replay(bag: Path, out: Path, profile: str, keypoints: int, ahead: bool, threads: int) -> tuple[float, list]:
     params = load_config(profile=profile, sets=[f"extractor.max_keypoints={keypoints}", "device=cpu",
-                                                 f"pipeline.extract_ahead={ahead}", f"pipeline.cpu_threads={threads}"])
+                                                 f"pipeline.extract_ahead={'on' if ahead else 'off'}", f"pipeline.cpu_threads={threads}"])
     results: list = []
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()

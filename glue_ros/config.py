@@ -112,9 +112,11 @@ PARAMS: tuple[ParamSpec, ...] = (
        "the translation direction is unobservable: pose invalid (reason low_parallax), rotation still valid. "
        "0 disables.", min=0.0, max=1000.0, live=True),
     # --- pipeline (how the work is spread over threads; results are the same either way)
-    _p("pipeline.extract_ahead", True, "Extract the next frame's features on a second thread while the current "
-       "frame is matched (a one-frame pipeline: more frames/s on CPUs with 2+ cores, identical results). Replay: "
-       "one frame ahead; node: extraction starts as a frame arrives."),
+    _p("pipeline.extract_ahead", "auto", "Extract the next frame's features on a second thread while the current "
+       "frame is matched (a one-frame pipeline; identical results). Replay: one frame ahead; node: extraction "
+       "starts as a frame arrives. auto = on with CUDA, with 4+ CPU cores, or at up to 512 keypoints; off on a "
+       "2-3 core CPU at more keypoints, where matching needs every core (measured: README Benchmarks).",
+       choices=("auto", "on", "off")),
     _p("pipeline.cpu_threads", 0, "CPU threads of the models (torch intra-op) per stage; 0 = automatic: all "
        "cores, split between extraction and matching when pipeline.extract_ahead is on.", min=0, max=256),
     # --- camera fallback intrinsics (used when no CameraInfo arrives)
@@ -378,7 +380,7 @@ class PoseConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    extract_ahead: bool = default("pipeline.extract_ahead")
+    extract_ahead: str = default("pipeline.extract_ahead")
     cpu_threads: int = default("pipeline.cpu_threads")
 
 

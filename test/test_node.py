@@ -87,7 +87,9 @@ def now_stamps(count: int, period_ns: int = 33_333_333) -> list[int]:
 def classical(graph, tmp_path_factory):
     """ORB + nn node from a params file (YAML) plus -p overrides, in namespace /t_classical."""
     tmp = tmp_path_factory.mktemp("classical")
-    params = rg.write_params(tmp / "params.yaml", dict(CLASSICAL, **{"camera.distortion": [0, 0, 0, 0, 0]}))
+    # extraction ahead on (auto would decide by cores and keypoints): the node's two-thread path over DDS
+    params = rg.write_params(tmp / "params.yaml", dict(CLASSICAL, **{"camera.distortion": [0, 0, 0, 0, 0],
+                                                                    "pipeline.extract_ahead": "on"}))
     proc = rg.start_node("--params-file", str(params), namespace="/t_classical", log_dir=tmp, label="classical",
                          params={"extractor.max_keypoints": 600, "keyframes.max_interval_s": 0.5,
                                  "keyframes.parallax": 3})  # a misspelt name: warned about, not declared

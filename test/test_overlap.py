@@ -10,7 +10,7 @@ import torch
 
 from glue_ros.config import FrontEndConfig, PipelineConfig
 from glue_ros.frontend import Frame, FrontEnd
-from glue_ros.overlap import ExtractionThread, intra_op_threads, stage_threads
+from glue_ros.overlap import ExtractionThread, extracts_ahead, intra_op_threads, stage_threads
 from glue_ros.synthetic import render_sequence
 
 
@@ -24,7 +24,17 @@ from glue_ros.synthetic import render_sequence
     (3, False, 2, (3, 3)),
 ])
 def test_stage_threads_policy(cpu_threads, ahead, cores, expected):
-    assert stage_threads(PipelineConfig(extract_ahead=ahead, cpu_threads=cpu_threads), cores) == expected
+    assert stage_threads(ahead, cpu_threads, cores) == expected
+
+
+@pytest.mark.parametrize("setting, device, keypoints, cores, expected", [
+    ("on", "cpu", 2048, 2, True), ("off", "cuda", 256, 16, False),  # as given
+    ("auto", "cpu", 512, 2, True), ("auto", "cpu", 1024, 2, False),  # 2 cores: matching needs both at 1024+
+    ("auto", "cpu", -1, 2, False), ("auto", "cpu", 1024, 4, True), ("auto", "cuda", 4096, 2, True),
+])
+def test_extract_ahead_decision(setting, device, keypoints, cores, expected):
+    config = PipelineConfig(extract_ahead=setting)
+    assert extracts_ahead(config, torch.device(device), keypoints, cores) is expected
 
 
 def test_intra_op_threads_is_scoped():

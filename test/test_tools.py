@@ -56,7 +56,7 @@ def test_replay_bag_round_trip_is_complete_and_deterministic(tmp_path, storage, 
                              layout=layout)
     params = validate(dict(CLASSICAL, **{"keyframes.max_interval_s": 0.1}))
     outputs = []
-    for run, ahead in enumerate((True, False)):  # extraction one frame ahead on its thread, then serial
+    for run, ahead in enumerate(("on", "off")):  # extraction one frame ahead on its thread, then serial
         summary = replay_offline(str(tmp_path / "in"), str(tmp_path / f"out{run}"),
                                  dict(params, **{"pipeline.extract_ahead": ahead}), progress=False)
         assert summary.frames == summary.processed == len(seq) and summary.skipped == 0

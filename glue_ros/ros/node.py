@@ -135,7 +135,7 @@ class MatcherNode(Node):
 
         from ..device import DeviceError, describe
         from ..frontend import FrontEnd
-        from ..overlap import ExtractionThread, stage_threads
+        from ..overlap import ExtractionThread, extracts_ahead, stage_threads
         from ..models.weights import WeightsError
 
         try:
@@ -176,8 +176,9 @@ class MatcherNode(Node):
 
         # Extraction ahead (overlap.py): each frame's decoding + extraction starts on the extraction
         # thread as it arrives, while the worker matches the frame before it.
-        extract_threads, self._match_threads = stage_threads(config.pipeline)
-        self._extraction = ExtractionThread(self.frontend, extract_threads) if config.pipeline.extract_ahead else None
+        ahead = extracts_ahead(config.pipeline, self.frontend.device, config.extractor.max_keypoints)
+        extract_threads, self._match_threads = stage_threads(ahead, config.pipeline.cpu_threads)
+        self._extraction = ExtractionThread(self.frontend, extract_threads) if ahead else None
         self._queue: collections.deque = collections.deque(maxlen=self._flat["input.queue_size"])
         self._previous_input_stamp: int | None = None  # of the last frame that arrived (gap resets)
         self._stop = threading.Event()

@@ -133,7 +133,7 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
     from ..ros.frame_input import FrameInput
     from ..ros.launch_args import NODE_NAME
     from ..ros.msg_types import RosbagsTypes
-    from ..overlap import ExtractionThread, intra_op_threads, stage_threads
+    from ..overlap import ExtractionThread, extracts_ahead, intra_op_threads, stage_threads
     from ..ros.outputs import MARKER_TOPICS, OUTPUT_TOPICS, TF_TOPIC, OutputState, check_output_params, frame_outputs
 
     check_output_params(params)
@@ -194,8 +194,9 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
                 if diagnostics_every and counts.processed % diagnostics_every == 0:
                     write_diagnostics()
 
-            extract_threads, match_threads = stage_threads(frontend.config.pipeline)
-            ahead = frontend.config.pipeline.extract_ahead
+            config = frontend.config
+            ahead = extracts_ahead(config.pipeline, frontend.device, config.extractor.max_keypoints)
+            extract_threads, match_threads = stage_threads(ahead, config.pipeline.cpu_threads)
             held = None  # (frame, extraction) prepared and extracting while the frame before it is matched
             try:
                 with intra_op_threads(match_threads), \
