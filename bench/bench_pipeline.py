@@ -9,7 +9,7 @@ each profile and keypoint count, with ``pipeline.extract_ahead`` off (serial) an
 pipeline of glue_ros/overlap.py). Runs are interleaved (profile × keypoints × mode, repeated
 ``--repeats`` times in rotating order) so load from other jobs hits all alike; frames/s is the median
 over repeats, measured from the first to the last frame (models are loaded before the clock starts by
-a warm-up replay of the first frames). Printed: frames/s, ratio to ORB + nn at the same keypoints and
+a warm-up replay of the same bag). Printed: frames/s, ratio to ORB + nn at the same keypoints and
 mode, ahead / serial ratio, pose error against the ground truth, LightGlue's mean stop layer.
 
     python bench/bench_pipeline.py                                   # xfeat_lighterglue + orb_nn, 512/1024/2048
@@ -55,13 +55,14 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     try:
         seq = make_synthetic_bag(work / "in", args.frames, motion="mixed", seed=11)
-        make_synthetic_bag(work / "warm", 4, motion="mixed", seed=12)
         cases = [(p, k, a) for k in args.keypoints for p in args.profiles for a in (False, True)]
         fps: dict[tuple, list[float]] = {c: [] for c in cases}
         outcome: dict[tuple, list] = {}
-        for profile in args.profiles:  # model loading, allocator and oneDNN warm-up outside the timing
+        # Warm-up outside the timing, on the same bag: oneDNN builds kernels per new tensor shape (LightGlue's
+        # keypoint counts and pruned widths vary per frame), which made the first pass up to 7x slower.
+        for profile in args.profiles:
             for keypoints in args.keypoints:
-                replay(work / "warm", work / "warm_out", profile, keypoints, True, args.threads)
+                replay(work / "in", work / "warm_out", profile, keypoints, True, args.threads)
         for r in range(args.repeats):
             shift = r % len(cases)
             for case in cases[shift:] + cases[:shift]:
