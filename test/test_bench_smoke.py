@@ -20,7 +20,9 @@ def test_gpu_check_quick_on_cpu(tmp_path):
                                        "disk_lightglue", "xfeat_lighterglue"}
     for profile, entry in report["backends"].items():
         fp32 = entry["precisions"]["fp32"]
-        assert fp32["agreement"]["ok"] and fp32["agreement"]["keypoints"] == 1.0, profile
+        assert fp32["agreement"]["keypoints"] == 1.0 == fp32["agreement"]["matches_iou"], profile  # CPU vs itself
+        # the fp32 gate applies to real weights; random ones (near-tie score maps) are reported only
+        assert fp32["agreement"].get("ok") is (True if entry["weights"] == "real" else None), profile
         assert fp32["speed"]["fps"] > 0 and fp32["speed"]["p99_ms"] >= fp32["speed"]["median_ms"], profile
         if not profile.startswith("superpoint"):
             assert entry["weights"] == "real" and fp32["agreement"]["matches"] > 0, profile
