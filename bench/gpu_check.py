@@ -29,7 +29,7 @@ import torch
 from backends import build, profile_config
 from glue_ros.device import DeviceError, resolve_device, resolve_dtype
 from glue_ros.frontend import Frame, FrontEnd
-from glue_ros.overlap import ExtractionThread
+from glue_ros.overlap import ExtractionThread, one_ahead
 from glue_ros.synthetic import render_sequence
 
 LEARNED = ("superpoint_lightglue", "superpoint_superglue", "aliked_lightglue", "disk_lightglue", "xfeat_lighterglue")
@@ -97,11 +97,8 @@ def run_frontend(backend, frames, device, ahead: bool) -> tuple[list, float]:
     t = time.perf_counter()
     if ahead:
         with ExtractionThread(frontend, threads=torch.get_num_threads()) as worker:
-            pending = worker.extract(seq[0])
-            for n, frame in enumerate(seq):
-                extracted = pending.result()
-                if n + 1 < len(seq):
-                    pending = worker.extract(seq[n + 1])
+            for frame, extraction in one_ahead(worker, seq):
+                extracted = extraction.result()
                 results.append(frontend.process(frame, extracted.features, extract_ms=extracted.extract_ms))
     else:
         results = [frontend.process(frame) for frame in seq]

@@ -18,7 +18,7 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import torch
 
@@ -125,3 +125,17 @@ class ExtractionThread:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def one_ahead(worker: ExtractionThread, frames: Iterable["Frame"]) -> Iterator[tuple["Frame", Future[Extracted]]]:
+    """Each frame with its extraction, yielded once the next frame's extraction has started: the caller
+    matches frame t while frame t+1 is extracted. ``frames`` is consumed one frame ahead of what is
+    yielded (the replay prepares, counts and writes the next input then)."""
+    held = None
+    for frame in frames:
+        extraction = worker.extract(frame)
+        if held is not None:
+            yield held
+        held = (frame, extraction)
+    if held is not None:
+        yield held

@@ -10,7 +10,7 @@ import torch
 
 from glue_ros.config import FrontEndConfig, PipelineConfig
 from glue_ros.frontend import Frame, FrontEnd
-from glue_ros.overlap import ExtractionThread, extracts_ahead, intra_op_threads, stage_threads
+from glue_ros.overlap import ExtractionThread, extracts_ahead, intra_op_threads, one_ahead, stage_threads
 from glue_ros.synthetic import render_sequence
 
 
@@ -58,7 +58,7 @@ def _summary(result):
 
 def test_extracting_ahead_gives_the_serial_results_with_real_weights():
     """XFeat + LighterGlue (packaged weights): frame t+1 extracted on the extraction thread while frame t is
-    matched, exactly as the replay does, against plain FrontEnd.process; same thread count both ways."""
+    matched (``one_ahead``, the replay's loop), against plain FrontEnd.process; same thread count both ways."""
     seq = render_sequence(10, 320, 240, motion="mixed", seed=7)
     frames = [Frame(im, st, "cam", seq.camera) for im, st in zip(seq.images, seq.stamps_ns)]
     serial_frontend = _xfeat()
@@ -68,11 +68,8 @@ def test_extracting_ahead_gives_the_serial_results_with_real_weights():
         ahead = []
         with ExtractionThread(frontend, threads=1) as worker:
             assert worker.submit(torch.get_num_threads).result() == 1, "the stage's own thread count"
-            pending = worker.extract(frames[0])
-            for n, frame in enumerate(frames):
-                extracted = pending.result()
-                if n + 1 < len(frames):
-                    pending = worker.extract(frames[n + 1])  # runs while this frame is matched
+            for frame, extraction in one_ahead(worker, frames):  # frame t+1 extracts while t is matched
+                extracted = extraction.result()
                 ahead.append(frontend.process(frame, extracted.features, extract_ms=extracted.extract_ms))
     assert sum(len(r.matches[0]) for r in serial[1:]) > 9 * 30, "a real sequence, not empty matches"
     assert [_summary(r) for r in ahead] == [_summary(r) for r in serial]

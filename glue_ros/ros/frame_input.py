@@ -158,7 +158,7 @@ class FrameInput:
         try:
             frame = self.decode_frame(msg)
         except ImageDecodeError as exc:
-            self.reject(exc.reason, f"image at {stamp_to_ns(msg.header.stamp)} ns dropped: {exc}")
+            self.reject_undecodable(stamp_to_ns(msg.header.stamp), exc)
             return None
         frame.camera = self.camera_for(frame.stamp_ns)
         return frame
@@ -201,6 +201,9 @@ class FrameInput:
         with self.lock:
             self.counters.processed += 1
             self.busy = False
+
+    def reject_undecodable(self, stamp_ns: int | None, exc: ImageDecodeError) -> None:
+        self.reject(exc.reason, f"image at {stamp_ns} ns dropped: {exc}")
 
     def reject(self, reason: str, text: str = "") -> None:
         """Count a frame that gives no output, and warn (``text``) under the key ``reason``."""

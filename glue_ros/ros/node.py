@@ -358,7 +358,7 @@ class MatcherNode(Node):
             try:
                 frame, extracted = ahead.result()
             except ImageDecodeError as exc:
-                self.inputs.reject(exc.reason, f"image at {_safe_stamp_ns(msg)} ns dropped: {exc}")
+                self.inputs.reject_undecodable(_safe_stamp_ns(msg), exc)
                 return
             frame.camera = self.inputs.camera_for(frame.stamp_ns)  # now: its CameraInfo has had time to arrive
             accepted = self.inputs.run(self.frontend, frame, previous_input_stamp_ns=previous_stamp,

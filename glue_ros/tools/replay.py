@@ -133,7 +133,7 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
     from ..ros.frame_input import FrameInput
     from ..ros.launch_args import NODE_NAME
     from ..ros.msg_types import RosbagsTypes
-    from ..overlap import ExtractionThread, extracts_ahead, intra_op_threads, stage_threads
+    from ..overlap import ExtractionThread, extracts_ahead, intra_op_threads, one_ahead, stage_threads
     from ..ros.outputs import MARKER_TOPICS, OUTPUT_TOPICS, TF_TOPIC, OutputState, check_output_params, frame_outputs
 
     check_output_params(params)
@@ -197,35 +197,36 @@ def replay_offline(input_bag: str, output_bag: str, params: dict, image_topic: s
             config = frontend.config
             ahead = extracts_ahead(config.pipeline, frontend.device, config.extractor.max_keypoints)
             extract_threads, match_threads = stage_threads(ahead, config.pipeline.cpu_threads)
-            held = None  # (frame, extraction) prepared and extracting while the frame before it is matched
+
+            def prepared_frames():
+                """The bag's frames, decoded with their intrinsics; inputs written, counted, rejected."""
+                for item in bag:
+                    if stop is not None and stop.is_set():
+                        summary.stopped = "stopped"
+                        return
+                    if item.msg is not None and with_images:  # the input as it came (raw or compressed)
+                        topic = bag.camera_info_topic if item.is_camera_info else bag.image_topic
+                        writer.write(topic, item.msgtype, item.msg, item.stamp_ns)
+                    if item.is_camera_info:
+                        inputs.add_camera_info(item.msg)
+                        continue
+                    inputs.receive()
+                    bar.update(1)
+                    if item.msg is None:
+                        inputs.reject("corrupt_message")
+                        continue
+                    last["stamp"] = item.stamp_ns if last["stamp"] is None else max(last["stamp"], item.stamp_ns)
+                    frame = inputs.prepare(item.msg)
+                    if frame is not None:
+                        yield frame
+
             try:
                 with intra_op_threads(match_threads), \
                         (ExtractionThread(frontend, extract_threads) if ahead else contextlib.nullcontext()) as worker:
-                    for item in bag:
-                        if stop is not None and stop.is_set():
-                            summary.stopped = "stopped"
-                            break
-                        if item.msg is not None and with_images:  # the input as it came (raw or compressed)
-                            topic = bag.camera_info_topic if item.is_camera_info else bag.image_topic
-                            writer.write(topic, item.msgtype, item.msg, item.stamp_ns)
-                        if item.is_camera_info:
-                            inputs.add_camera_info(item.msg)
-                            continue
-                        inputs.receive()
-                        bar.update(1)
-                        if item.msg is None:
-                            inputs.reject("corrupt_message")
-                            continue
-                        last["stamp"] = item.stamp_ns if last["stamp"] is None else max(last["stamp"], item.stamp_ns)
-                        frame = inputs.prepare(item.msg)
-                        if frame is None:
-                            continue
-                        extraction = worker.extract(frame) if ahead else None
-                        if held is not None:
-                            finish(*held)  # the previous frame is matched while this one is extracted
-                        held = (frame, extraction)
-                    if held is not None:
-                        finish(*held)
+                    frames = one_ahead(worker, prepared_frames()) if ahead else \
+                        ((frame, None) for frame in prepared_frames())
+                    for frame, extraction in frames:
+                        finish(frame, extraction)
                 # and once at the end, so every bag has them (a short bag has no 30th frame)
                 if last["stamp"] is not None and last["diagnostics"] != (counts.received, counts.processed):
                     write_diagnostics()
