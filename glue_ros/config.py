@@ -131,7 +131,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     _p("input.compressed", False, "Subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image."),
     _p("input.qos", "sensor_data", "Input QoS: sensor_data (best effort) or reliable.",
        choices=("sensor_data", "reliable")),
-    _p("input.queue_size", 1, "Frames waiting for the worker; the oldest is dropped (and counted) when full.",
+    _p("input.queue_size", 1, "Frames waiting for the worker; when full the oldest is dropped (and counted), "
+       "except one already being extracted ahead (pipeline.extract_ahead): then the newcomer is.",
        min=1, max=100),
     _p("input.bit_depth", 0, "Significant bits of mono16/16-bit images (e.g. 10 or 12); 0 = 16.",
        choices=(0, 8, 9, 10, 11, 12, 13, 14, 15, 16)),

@@ -4,13 +4,19 @@ still rejected (counted), not crashed on. The replay's and the node's use of it 
 test_tools.py (byte-identical bags with and without) and test_node.py (every node test runs with it)."""
 from __future__ import annotations
 
+import collections
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
 
 from glue_ros.config import FrontEndConfig, PipelineConfig
 from glue_ros.frontend import Frame, FrontEnd
-from glue_ros.overlap import ExtractionThread, extracts_ahead, intra_op_threads, one_ahead, stage_threads
+from glue_ros.overlap import (ExtractionThread, FrameQueue, extracts_ahead, intra_op_threads, one_ahead,
+                              stage_threads)
 from glue_ros.synthetic import render_sequence
 
 
@@ -87,3 +93,93 @@ def test_extracting_ahead_rejects_bad_frames_like_serial():
             result = frontend.process(Frame(image, n + 1, "cam"), extracted.features)
             assert result.status in ("image_too_small", "invalid_image") and not result.matches
     assert frontend.stats.images_extracted == 0 and sum(frontend.stats.rejected.values()) == len(bad)
+
+
+class GatedStage:
+    """A one-thread extraction stage whose jobs end when the test opens their gate, so the queue's
+    scheduling decisions can be checked one step at a time."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(1)
+        self.started: list[int] = []
+        self.gates: dict[int, threading.Event] = collections.defaultdict(threading.Event)
+
+    def __call__(self, item: int):
+        return self.pool.submit(self._run, item)
+
+    def _run(self, item: int) -> int:
+        self.started.append(item)
+        assert self.gates[item].wait(10), f"gate {item} never opened"
+        return item * 10
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
+
+
+def test_frame_queue_extracts_one_frame_ahead_and_never_a_frame_it_drops():
+    stage, lock = GatedStage(), threading.Condition()
+    queue = FrameQueue(1, lock, stage)
+    try:
+        with lock:
+            assert queue.put(0) is None
+        wait_until(lambda: stage.started == [0])  # a free extraction thread starts at once
+        with lock:
+            assert queue.put(1) is None  # frame 0 is being extracted: it does not count as waiting
+            assert queue.put(2) == 1  # full: the frame not yet extracted goes, fresher frame waits
+            assert len(queue) == 2
+        stage.gates[0].set()
+        wait_until(lambda: stage.started == [0, 2])  # the thread takes the next frame when it is free
+        with lock:
+            taken = queue.take()
+        assert taken.item == 0 and taken.extraction.result(10) == 0
+        with lock:
+            assert queue.put(3) is None  # 2 is running: not counted
+        stage.gates[2].set()
+        wait_until(lambda: stage.started == [0, 2, 3])
+        with lock:
+            assert queue.put(4) == 2  # none waits unextracted: the oldest extracted one goes, not 3 (running)
+            assert queue.take().item == 3  # arrival order
+        stage.gates[3].set()
+        wait_until(lambda: stage.started == [0, 2, 3, 4])  # 3 done: the next waiting frame starts
+        stage.gates[4].set()
+        with lock:
+            taken = queue.take()
+            assert queue.take() is None
+        assert taken.item == 4 and taken.extraction.result(10) == 40
+        assert 1 not in stage.started  # dropped before its extraction: none was spent on it
+    finally:
+        for gate in stage.gates.values():
+            gate.set()
+        stage.pool.shutdown()
+
+
+def test_frame_queue_drops_an_unextracted_frame_before_an_extracted_one():
+    stage, lock = GatedStage(), threading.Condition()
+    queue = FrameQueue(2, lock, stage)
+    try:
+        with lock:
+            assert [queue.put(i) for i in range(3)] == [None, None, None]  # 0 running, 1 and 2 wait
+        stage.gates[0].set()
+        wait_until(lambda: stage.started == [0, 1])
+        with lock:  # waiting: 0 (extracted), 2 (not started); 1 is running
+            assert queue.put(3) == 2
+            assert [queue.take().item for _ in range(2)] == [0, 1]
+        stage.gates[1].set()
+        wait_until(lambda: stage.started == [0, 1, 3])
+        stage.gates[3].set()
+    finally:
+        for gate in stage.gates.values():
+            gate.set()
+        stage.pool.shutdown()
+
+
+def test_frame_queue_without_extraction_drops_the_oldest():
+    queue = FrameQueue(2, threading.Condition())
+    assert [queue.put(i) for i in range(4)] == [None, None, 0, 1]
+    taken = [queue.take() for _ in range(3)]
+    assert [t.item for t in taken[:2]] == [2, 3] and taken[2] is None
+    assert all(t.extraction is None for t in taken[:2])

@@ -1,7 +1,7 @@
 """glue_ros_matcher: the rclpy node — a thin adapter over glue_ros.frontend.FrontEnd.
 
-Callbacks only enqueue messages (bounded queue, drop-oldest, every drop counted); one worker
-thread takes the newest frame through the shared input path (``frame_input.FrameInput``: decode,
+Callbacks only enqueue messages (bounded queue, drop-oldest, every drop counted; with extraction
+ahead: ``overlap.FrameQueue``); one worker thread takes the oldest waiting frame through the shared input path (``frame_input.FrameInput``: decode,
 intrinsics, Frame, pipeline — the same as the replay tool's), and publishes (``outputs.frame_outputs``).
 Outputs carry the input image's stamp, never now(), so bag replay and use_sim_time work.
 
@@ -101,6 +101,15 @@ class Counters(InputCounters):
     valid_poses: int = 0
 
 
+@dataclass
+class _Arrival:
+    """A frame as it arrived, waiting in the node's queue."""
+
+    msg: object
+    received_at: float  # time.monotonic()
+    previous_stamp: int | None  # stamp of the frame that arrived before it (gap resets)
+
+
 class StartupError(RuntimeError):
     """The node cannot start (bad parameter, missing weights, unusable device)."""
 
@@ -135,7 +144,7 @@ class MatcherNode(Node):
 
         from ..device import DeviceError, describe
         from ..frontend import FrontEnd
-        from ..overlap import ExtractionThread, extracts_ahead, stage_threads
+        from ..overlap import ExtractionThread, FrameQueue, extracts_ahead, stage_threads
         from ..models.weights import WeightsError
 
         try:
@@ -174,12 +183,14 @@ class MatcherNode(Node):
         self.add_pre_set_parameters_callback(self._convert_parameters)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        # Extraction ahead (overlap.py): each frame's decoding + extraction starts on the extraction
-        # thread as it arrives, while the worker matches the frame before it.
+        # Extraction ahead (overlap.py): the decoding + extraction of the frame next in line runs on
+        # the extraction thread while the worker matches the frame before it.
         ahead = extracts_ahead(config.pipeline, self.frontend.device, config.extractor.max_keypoints)
         extract_threads, self._match_threads = stage_threads(ahead, config.pipeline.cpu_threads)
         self._extraction = ExtractionThread(self.frontend, extract_threads) if ahead else None
-        self._queue: collections.deque = collections.deque(maxlen=self._flat["input.queue_size"])
+        extract = ((lambda entry: self._extraction.submit(self._decode_and_extract, entry.msg))
+                   if self._extraction else None)
+        self._queue: FrameQueue[_Arrival] = FrameQueue(self._flat["input.queue_size"], self._cond, extract)
         self._previous_input_stamp: int | None = None  # of the last frame that arrived (gap resets)
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="glue_ros_worker", daemon=True)
@@ -287,14 +298,10 @@ class MatcherNode(Node):
         with self._cond:
             self.inputs.receive()
             self._last_input = time.monotonic()
-            ahead = self._extraction.submit(self._decode_and_extract, msg) if self._extraction else None
-            if len(self._queue) == self._queue.maxlen:
-                self.counters.dropped_queue += 1  # deque drops the oldest on append
-                dropped = self._queue[0][3]
-                if dropped is not None:
-                    dropped.cancel()  # not extracted if it has not started yet
-            self._queue.append((msg, time.monotonic(), self._previous_input_stamp, ahead))
+            entry = _Arrival(msg, time.monotonic(), self._previous_input_stamp)
             self._previous_input_stamp = _safe_stamp_ns(msg)
+            if self._queue.put(entry) is not None:
+                self.counters.dropped_queue += 1
             self._cond.notify()
 
     def _on_message_lost(self, info) -> None:
@@ -327,10 +334,11 @@ class MatcherNode(Node):
                     self._cond.wait(0.1)
                 if self._stop.is_set():
                     return
-                msg, received_at, previous_stamp, ahead = self._queue.popleft()
+                taken = self._queue.take()
                 self.inputs.busy = True  # taken: pending stays consistent (queue - 1, busy + 1)
             try:
-                self._process(msg, received_at, previous_stamp, ahead)
+                arrival = taken.item
+                self._process(arrival.msg, arrival.received_at, arrival.previous_stamp, taken.extraction)
             except Exception as exc:  # never let one frame kill the worker
                 self.counters.errors += 1
                 if self.inputs.busy:  # not counted yet (an error after publishing is only logged)
