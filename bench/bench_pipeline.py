@@ -14,6 +14,7 @@ mode, ahead / serial ratio, pose error against the ground truth, LightGlue's mea
 
     python bench/bench_pipeline.py                                   # xfeat_lighterglue + orb_nn, 512/1024/2048
     python bench/bench_pipeline.py --profiles aliked_lightglue orb_nn --keypoints 1024 --frames 60
+    python bench/bench_pipeline.py --keypoints 512 --set extractor.resize_max=480   # smaller network input
 """
 from __future__ import annotations
 
@@ -32,9 +33,11 @@ from glue_ros.tools.make_bag import make_synthetic_bag
 from glue_ros.tools.replay import replay_offline
 
 
-def replay(bag: Path, out: Path, profile: str, keypoints: int, ahead: bool, threads: int) -> tuple[float, list]:
+def replay(bag: Path, out: Path, profile: str, keypoints: int, ahead: bool, threads: int,
+           sets: list[str]) -> tuple[float, list]:
     params = load_config(profile=profile, sets=[f"extractor.max_keypoints={keypoints}", "device=cpu",
-                                                 f"pipeline.extract_ahead={'on' if ahead else 'off'}", f"pipeline.cpu_threads={threads}"])
+                                                 f"pipeline.extract_ahead={'on' if ahead else 'off'}",
+                                                 f"pipeline.cpu_threads={threads}", *sets])
     results: list = []
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
@@ -50,6 +53,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=90)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="pipeline.cpu_threads (0 = automatic)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                        help="a parameter for every profile, e.g. extractor.resize_max=480 (repeatable)")
     args = parser.parse_args()
     common.start_report("cpu")
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
@@ -62,11 +67,11 @@ def main() -> int:
         # keypoint counts and pruned widths vary per frame), which made the first pass up to 7x slower.
         for profile in args.profiles:
             for keypoints in args.keypoints:
-                replay(work / "in", work / "warm_out", profile, keypoints, True, args.threads)
+                replay(work / "in", work / "warm_out", profile, keypoints, True, args.threads, args.sets)
         for r in range(args.repeats):
             shift = r % len(cases)
             for case in cases[shift:] + cases[:shift]:
-                rate, results = replay(work / "in", work / "out", *case, args.threads)
+                rate, results = replay(work / "in", work / "out", *case, args.threads, args.sets)
                 fps[case].append(rate)
                 outcome[case] = results
                 print(f"  {case}: {rate:.2f} frames/s", flush=True)
@@ -83,7 +88,8 @@ def main() -> int:
                          f"{report['valid']}/{report['pairs']}", f"{report['rotation_median_deg']:.3f}",
                          f"{report['translation_median_deg']:.2f}",
                          f"{statistics.mean(stops):.2f}" if stops else "-"])
-        print(f"\n## Offline replay, {args.frames} frames 640x480, output bag written, median of {args.repeats}\n")
+        settings = f"; {', '.join(args.sets)}" if args.sets else ""
+        print(f"\n## Offline replay, {args.frames} frames 640x480{settings}, output bag written, median of {args.repeats}\n")
         print(common.markdown_table(["profile", "keypoints", "mode", "frames/s", "vs orb_nn (same mode)",
                                      "vs serial", "valid poses", "rot err deg", "transl dir err deg",
                                      "mean stop layer"], rows))

@@ -113,8 +113,8 @@ PARAMS: tuple[ParamSpec, ...] = (
        "0 disables.", min=0.0, max=1000.0, live=True),
     # --- pipeline (how the work is spread over threads; results are the same either way)
     _p("pipeline.extract_ahead", "auto", "Extract the next frame's features on a second thread while the current "
-       "frame is matched (a one-frame pipeline; identical results). Replay: one frame ahead; node: extraction "
-       "starts as a frame arrives. auto = on with CUDA, with 4+ CPU cores, or at up to 512 keypoints; off on a "
+       "frame is matched (a one-frame pipeline; identical results). Replay: one frame ahead; node: the oldest "
+       "waiting frame is extracted as soon as the extraction thread is free. auto = on with CUDA, with 4+ CPU cores, or at up to 512 keypoints; off on a "
        "2-3 core CPU at more keypoints, where matching needs every core (measured: README Benchmarks).",
        choices=("auto", "on", "off")),
     _p("pipeline.cpu_threads", 0, "CPU threads of the models (torch intra-op) per stage; 0 = automatic: all "
@@ -131,8 +131,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     _p("input.compressed", False, "Subscribe to image/compressed (sensor_msgs/CompressedImage) instead of image."),
     _p("input.qos", "sensor_data", "Input QoS: sensor_data (best effort) or reliable.",
        choices=("sensor_data", "reliable")),
-    _p("input.queue_size", 1, "Frames waiting for the worker; when full the oldest is dropped (and counted), "
-       "except one already being extracted ahead (pipeline.extract_ahead): then the newcomer is.",
+    _p("input.queue_size", 1, "Frames waiting for the worker; when full the oldest is dropped (and counted). With "
+       "pipeline.extract_ahead the frame being extracted does not count and is never dropped; the oldest "
+       "frame not yet extracted goes first.",
        min=1, max=100),
     _p("input.bit_depth", 0, "Significant bits of mono16/16-bit images (e.g. 10 or 12); 0 = 16.",
        choices=(0, 8, 9, 10, 11, 12, 13, 14, 15, 16)),
