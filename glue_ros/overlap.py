@@ -198,6 +198,11 @@ class FrameQueue(Generic[T]):
         self._extract_next()  # the next frame is extracted while this one is matched
         return taken
 
+    def close(self) -> None:
+        """Start no more extractions (before the extraction thread shuts down: a running job's
+        completion must not submit another)."""
+        self._extract = None
+
     def _extract_next(self) -> None:
         if self._extract is None or (self._running is not None and not self._running.done()):
             return

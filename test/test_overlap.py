@@ -177,6 +177,20 @@ def test_frame_queue_drops_an_unextracted_frame_before_an_extracted_one():
         stage.pool.shutdown()
 
 
+def test_closed_frame_queue_starts_no_extraction():
+    stage, lock = GatedStage(), threading.Condition()
+    queue = FrameQueue(1, lock, stage)
+    with lock:
+        queue.put(0)
+        queue.put(1)
+        queue.close()  # the node closes its queue before shutting the extraction thread down
+    stage.gates[0].set()
+    stage.pool.shutdown(wait=True)  # a submit from 0's completion would raise in its done callback
+    assert stage.started == [0]
+    with lock:
+        assert [queue.take().item, queue.take().item] == [0, 1]
+
+
 def test_frame_queue_without_extraction_drops_the_oldest():
     queue = FrameQueue(2, threading.Condition())
     assert [queue.put(i) for i in range(4)] == [None, None, 0, 1]

@@ -482,6 +482,7 @@ class MatcherNode(Node):
     def close(self) -> None:
         self._stop.set()
         with self._cond:
+            self._queue.close()
             self._cond.notify_all()
         self._worker.join(timeout=5.0)
         if self._extraction is not None:
