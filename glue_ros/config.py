@@ -219,6 +219,9 @@ def coerce(spec: ParamSpec, value: Any) -> Any:
             if not all(math.isfinite(v) for v in value):
                 raise ValueError(value)
         elif kind is str:
+            if isinstance(value, bool) and spec.choices is not None and {"on", "off"} <= set(spec.choices):
+                # YAML 1.1 (ROS params files, -p name:=off) reads an unquoted on/off as a boolean
+                value = "on" if value else "off"
             if not isinstance(value, str):
                 raise ValueError(value)
     except (TypeError, ValueError):

@@ -43,6 +43,17 @@ def test_set_overrides_file_and_types_are_coerced(tmp_path):
     assert flat["input.compressed"] is True
 
 
+def test_unquoted_on_off_in_yaml_is_the_choice_not_a_boolean(tmp_path):
+    # YAML 1.1 (ROS params files, `-p pipeline.extract_ahead:=off`) reads unquoted on/off as booleans
+    path = tmp_path / "p.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    pipeline:\n      extract_ahead: off\n")
+    assert FrontEndConfig.from_flat(load_config(path)).pipeline.extract_ahead == "off"
+    assert load_config(None, ["pipeline.extract_ahead=on"])["pipeline.extract_ahead"] == "on"
+    path.write_text("/**:\n  ros__parameters:\n    matcher:\n      type: off\n")
+    with pytest.raises(ParameterError, match="expected str, got False"):
+        FrontEndConfig.from_flat(load_config(path))  # no on/off choice there: still refused
+
+
 @pytest.mark.parametrize("assignment, fragment", [
     ("extractor.max_keypoint=5", "unknown parameter 'extractor.max_keypoint' (did you mean 'extractor.max_keypoints'?)"),
     ("extractor.max_keypoints=abc", "parameter 'extractor.max_keypoints'"),
