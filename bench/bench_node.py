@@ -83,6 +83,9 @@ def node_params(args, weights: dict[str, Path] | None) -> dict:
                        "extractor.keypoint_threshold": 0.0})
     if args.full_depth:
         params.update({"matcher.depth_confidence": -1.0, "matcher.width_confidence": -1.0})
+    for assignment in args.sets:
+        name, _, value = assignment.partition("=")
+        params[name.strip()] = value.strip()
     return params
 
 
@@ -286,6 +289,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="node device parameter (cpu, cuda, auto)")
     parser.add_argument("--unique", type=int, default=40, help="distinct frames rendered (ping-pong)")
     parser.add_argument("--warmup", type=int, default=3, help="paced warm-up frames before each mode")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="NAME=VALUE",
+                        help="a node parameter on top of the bench's, e.g. pipeline.extract_ahead=off (repeatable)")
     parser.add_argument("--full-depth", action="store_true",
                         help="LightGlue without early exit / pruning (random weights make both arbitrary)")
     args = parser.parse_args(argv)
@@ -333,6 +338,7 @@ def main(argv=None) -> int:
             weights = make_weights(Path(tmp) / "weights") if args.learned else None
             backend = "SuperPoint + LightGlue (random weights)" if args.learned else "ORB + nn"
         params = node_params(args, weights)
+        backend += "".join(f", {assignment}" for assignment in args.sets)
         print(f"backend: {backend}, extractor.max_keypoints {args.keypoints}, device {args.device}, "
               f"{args.frames} frames per mode, Fast DDS profile {rg.FASTDDS_PROFILE.name}, "
               f"ROS_DOMAIN_ID {rg.DOMAIN_ID}", flush=True)

@@ -216,7 +216,9 @@ class MatcherNode(Node):
         self.get_logger().info(
             f"ready: {self._backend} on {self.device_name} ({str(self.frontend.dtype).replace('torch.', '')}), "
             f"input {'image/compressed' if compressed else 'image'} ({self._flat['input.qos']} QoS), "
-            f"queue {self._flat['input.queue_size']}")
+            f"queue {self._flat['input.queue_size']}, "
+            + (f"extraction ahead ({extract_threads} + {self._match_threads} threads)" if ahead
+               else f"serial ({self._match_threads} threads)"))
 
     # ------------------------------------------------------------------ parameters
 
