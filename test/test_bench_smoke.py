@@ -1,5 +1,6 @@
-"""The GPU readiness script runs on the CPU in CI (--device cpu --quick) so it cannot rot: every learned
-backend builds, agrees with itself on CPU fp32, is timed, and the JSON report is complete."""
+"""Benchmark scripts in quick versions, so they cannot rot: the GPU readiness script on the CPU (--device cpu
+--quick: every learned backend builds, agrees with itself on CPU fp32, is timed, the JSON report is
+complete), the memory benchmark, the full-replay benchmark and the node benchmark over DDS."""
 from __future__ import annotations
 
 import json
@@ -52,3 +53,37 @@ def test_bench_memory_quick(tmp_path):
     assert cells["xfeat_lighterglue"]["rss_loaded_mib"] - cells["xfeat_lighterglue"]["rss_import_mib"] > \
         cells["orb_nn"]["rss_loaded_mib"] - cells["orb_nn"]["rss_import_mib"]
     assert "| xfeat_lighterglue | real | 256 |" in run.stdout
+
+
+def test_bench_pipeline_quick():
+    """bench/bench_pipeline.py on a short bag (ORB + nn, 8 frames, one repeat): serial and extraction
+    ahead both replayed, with a parameter given through --set, and both rows report the same poses
+    (the one-frame pipeline changes the speed, not the results)."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_pipeline.py"), "--profiles", "orb_nn",
+                          "--keypoints", "128", "--frames", "8", "--repeats", "1",
+                          "--set", "extractor.resize_max=320"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "640x480; extractor.resize_max=320, output bag written" in run.stdout
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines() if line.startswith("| orb_nn | 128 |")]
+    assert [r[2].strip() for r in rows] == ["serial", "ahead"]
+    assert all(float(r[3]) > 0 for r in rows)
+    assert rows[0][6:9] == rows[1][6:9]  # valid poses, rotation and translation errors
+
+
+def test_bench_node_quick():
+    """bench/bench_node.py over real DDS (ORB + nn, 6 frames, paced and 10 Hz, extraction ahead set):
+    the node runs in its own process, every frame is accounted for and reported."""
+    run = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_node.py"), "--modes", "paced,rate",
+                          "--rate", "10", "--frames", "6", "--keypoints", "128", "--warmup", "1",
+                          "--set", "pipeline.extract_ahead=on"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "glue_ros node benchmark: ORB + nn, pipeline.extract_ahead=on" in run.stdout
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in run.stdout.splitlines() if line.startswith(("| paced |", "| 10 Hz |"))}
+    assert set(rows) == {"paced", "10 Hz"}
+    for mode, cells in rows.items():
+        published, received, processed, dropped = cells[0].split()[0], cells[1], cells[2], cells[3]
+        assert published == received == "6" and int(processed) + int(dropped) == 6, mode
+    assert rows["paced"][2] == "6"  # closed loop: nothing dropped
