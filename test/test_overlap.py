@@ -1,6 +1,7 @@
 """The one-frame pipeline (glue_ros/overlap.py): extraction ahead on its own thread gives the same
 results as serial processing, each stage gets its own intra-op thread count, and bad frames are
-still rejected (counted), not crashed on. The replay's and the node's use of it are tested in
+still rejected (counted), not crashed on; the node's queue (FrameQueue) extracts one frame at a
+time, never one it then drops, and drops frames not yet extracted first. The replay's and the node's use of it are tested in
 test_tools.py (byte-identical bags with and without) and test_node.py (every node test runs with it)."""
 from __future__ import annotations
 
@@ -113,6 +114,15 @@ class GatedStage:
         return item * 10
 
 
+@pytest.fixture
+def stage():
+    stage = GatedStage()
+    yield stage
+    for gate in stage.gates.values():  # a failed assertion must not leave the pool's thread waiting
+        gate.set()
+    stage.pool.shutdown()
+
+
 def wait_until(predicate, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -120,65 +130,55 @@ def wait_until(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def test_frame_queue_extracts_one_frame_ahead_and_never_a_frame_it_drops():
-    stage, lock = GatedStage(), threading.Condition()
+def test_frame_queue_extracts_one_frame_ahead_and_never_a_frame_it_drops(stage):
+    lock = threading.Condition()
     queue = FrameQueue(1, lock, stage)
-    try:
-        with lock:
-            assert queue.put(0) is None
-        wait_until(lambda: stage.started == [0])  # a free extraction thread starts at once
-        with lock:
-            assert queue.put(1) is None  # frame 0 is being extracted: it does not count as waiting
-            assert queue.put(2) == 1  # full: the frame not yet extracted goes, fresher frame waits
-            assert len(queue) == 2
-        stage.gates[0].set()
-        wait_until(lambda: stage.started == [0, 2])  # the thread takes the next frame when it is free
-        with lock:
-            taken = queue.take()
-        assert taken.item == 0 and taken.extraction.result(10) == 0
-        with lock:
-            assert queue.put(3) is None  # 2 is running: not counted
-        stage.gates[2].set()
-        wait_until(lambda: stage.started == [0, 2, 3])
-        with lock:
-            assert queue.put(4) == 2  # none waits unextracted: the oldest extracted one goes, not 3 (running)
-            assert queue.take().item == 3  # arrival order
-        stage.gates[3].set()
-        wait_until(lambda: stage.started == [0, 2, 3, 4])  # 3 done: the next waiting frame starts
-        stage.gates[4].set()
-        with lock:
-            taken = queue.take()
-            assert queue.take() is None
-        assert taken.item == 4 and taken.extraction.result(10) == 40
-        assert 1 not in stage.started  # dropped before its extraction: none was spent on it
-    finally:
-        for gate in stage.gates.values():
-            gate.set()
-        stage.pool.shutdown()
+    with lock:
+        assert queue.put(0) is None
+    wait_until(lambda: stage.started == [0])  # a free extraction thread starts at once
+    with lock:
+        assert queue.put(1) is None  # frame 0 is being extracted: it does not count as waiting
+        assert queue.put(2) == 1  # full: the frame not yet extracted goes, fresher frame waits
+        assert len(queue) == 2
+    stage.gates[0].set()
+    wait_until(lambda: stage.started == [0, 2])  # the thread takes the next frame when it is free
+    with lock:
+        taken = queue.take()
+    assert taken.item == 0 and taken.extraction.result(10) == 0
+    with lock:
+        assert queue.put(3) is None  # 2 is running: not counted
+    stage.gates[2].set()
+    wait_until(lambda: stage.started == [0, 2, 3])
+    with lock:
+        assert queue.put(4) == 2  # none waits unextracted: the oldest extracted one goes, not 3 (running)
+        assert queue.take().item == 3  # arrival order
+    stage.gates[3].set()
+    wait_until(lambda: stage.started == [0, 2, 3, 4])  # 3 done: the next waiting frame starts
+    stage.gates[4].set()
+    with lock:
+        taken = queue.take()
+        assert queue.take() is None
+    assert taken.item == 4 and taken.extraction.result(10) == 40
+    assert 1 not in stage.started  # dropped before its extraction: none was spent on it
 
 
-def test_frame_queue_drops_an_unextracted_frame_before_an_extracted_one():
-    stage, lock = GatedStage(), threading.Condition()
+def test_frame_queue_drops_an_unextracted_frame_before_an_extracted_one(stage):
+    lock = threading.Condition()
     queue = FrameQueue(2, lock, stage)
-    try:
-        with lock:
-            assert [queue.put(i) for i in range(3)] == [None, None, None]  # 0 running, 1 and 2 wait
-        stage.gates[0].set()
-        wait_until(lambda: stage.started == [0, 1])
-        with lock:  # waiting: 0 (extracted), 2 (not started); 1 is running
-            assert queue.put(3) == 2
-            assert [queue.take().item for _ in range(2)] == [0, 1]
-        stage.gates[1].set()
-        wait_until(lambda: stage.started == [0, 1, 3])
-        stage.gates[3].set()
-    finally:
-        for gate in stage.gates.values():
-            gate.set()
-        stage.pool.shutdown()
+    with lock:
+        assert [queue.put(i) for i in range(3)] == [None, None, None]  # 0 running, 1 and 2 wait
+    stage.gates[0].set()
+    wait_until(lambda: stage.started == [0, 1])
+    with lock:  # waiting: 0 (extracted), 2 (not started); 1 is running
+        assert queue.put(3) == 2
+        assert [queue.take().item for _ in range(2)] == [0, 1]
+    stage.gates[1].set()
+    wait_until(lambda: stage.started == [0, 1, 3])
+    stage.gates[3].set()
 
 
-def test_closed_frame_queue_starts_no_extraction():
-    stage, lock = GatedStage(), threading.Condition()
+def test_closed_frame_queue_starts_no_extraction(stage):
+    lock = threading.Condition()
     queue = FrameQueue(1, lock, stage)
     with lock:
         queue.put(0)
