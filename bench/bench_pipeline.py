@@ -89,7 +89,8 @@ def main() -> int:
                          f"{report['translation_median_deg']:.2f}",
                          f"{statistics.mean(stops):.2f}" if stops else "-"])
         settings = f"; {', '.join(args.sets)}" if args.sets else ""
-        print(f"\n## Offline replay, {args.frames} frames 640x480{settings}, output bag written, median of {args.repeats}\n")
+        print(f"\n## Offline replay, {args.frames} frames 640x480{settings}, output bag written, "
+              f"median of {args.repeats}\n")
         print(common.markdown_table(["profile", "keypoints", "mode", "frames/s", "vs orb_nn (same mode)",
                                      "vs serial", "valid poses", "rot err deg", "transl dir err deg",
                                      "mean stop layer"], rows))

@@ -114,8 +114,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     # --- pipeline (how the work is spread over threads; results are the same either way)
     _p("pipeline.extract_ahead", "auto", "Extract the next frame's features on a second thread while the current "
        "frame is matched (a one-frame pipeline; identical results). Replay: one frame ahead; node: the oldest "
-       "waiting frame is extracted as soon as the extraction thread is free. auto = on with CUDA, with 4+ CPU cores, or at up to 512 keypoints; off on a "
-       "2-3 core CPU at more keypoints, where matching needs every core (measured: README Benchmarks).",
+       "waiting frame is extracted as soon as the extraction thread is free. auto = on with CUDA, with 4+ CPU "
+       "cores, or at up to 512 keypoints; off on a 2-3 core CPU at more keypoints, where matching needs every "
+       "core (measured: README Benchmarks).",
        choices=("auto", "on", "off")),
     _p("pipeline.cpu_threads", 0, "CPU threads of the models (torch intra-op) per stage; 0 = automatic: all "
        "cores, split between extraction and matching when pipeline.extract_ahead is on.", min=0, max=256),

@@ -1,8 +1,9 @@
 """The one-frame pipeline (glue_ros/overlap.py): extraction ahead on its own thread gives the same
 results as serial processing, each stage gets its own intra-op thread count, and bad frames are
 still rejected (counted), not crashed on; the node's queue (FrameQueue) extracts one frame at a
-time, never one it then drops, and drops frames not yet extracted first. The replay's and the node's use of it are tested in
-test_tools.py (byte-identical bags with and without) and test_node.py (every node test runs with it)."""
+time, never one it then drops, and drops frames not yet extracted first. The replay's and the
+node's use of it are tested in test_tools.py (byte-identical bags with and without) and test_node.py
+(every node test runs with it)."""
 from __future__ import annotations
 
 import collections

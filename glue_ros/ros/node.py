@@ -1,8 +1,9 @@
 """glue_ros_matcher: the rclpy node — a thin adapter over glue_ros.frontend.FrontEnd.
 
 Callbacks only enqueue messages (bounded queue, drop-oldest, every drop counted; with extraction
-ahead: ``overlap.FrameQueue``); one worker thread takes the oldest waiting frame through the shared input path (``frame_input.FrameInput``: decode,
-intrinsics, Frame, pipeline — the same as the replay tool's), and publishes (``outputs.frame_outputs``).
+ahead: ``overlap.FrameQueue``); one worker thread takes the oldest waiting frame through the shared
+input path (``frame_input.FrameInput``: decode, intrinsics, Frame, pipeline — the same as the replay
+tool's), and publishes (``outputs.frame_outputs``).
 Outputs carry the input image's stamp, never now(), so bag replay and use_sim_time work.
 
 Every image the node receives is accounted for in /diagnostics: ``frames_received`` =
