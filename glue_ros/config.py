@@ -133,8 +133,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     _p("input.qos", "sensor_data", "Input QoS: sensor_data (best effort) or reliable.",
        choices=("sensor_data", "reliable")),
     _p("input.queue_size", 1, "Frames waiting for the worker; when full the oldest is dropped (and counted). With "
-       "pipeline.extract_ahead the frame being extracted does not count and is never dropped; the oldest "
-       "frame not yet extracted goes first.",
+       "pipeline.extract_ahead the frame being extracted does not count, and a frame whose extraction has "
+       "started is never dropped: the oldest not yet extracted goes, else the newcomer.",
        min=1, max=100),
     _p("input.bit_depth", 0, "Significant bits of mono16/16-bit images (e.g. 10 or 12); 0 = 16.",
        choices=(0, 8, 9, 10, 11, 12, 13, 14, 15, 16)),

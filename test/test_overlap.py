@@ -1,8 +1,8 @@
 """The one-frame pipeline (glue_ros/overlap.py): extraction ahead on its own thread gives the same
 results as serial processing, each stage gets its own intra-op thread count, and bad frames are
 still rejected (counted), not crashed on; the node's queue (FrameQueue) extracts one frame at a
-time, never one it then drops, and drops frames not yet extracted first. The replay's and the
-node's use of it are tested in test_tools.py (byte-identical bags with and without) and test_node.py
+time, never drops a frame whose extraction has started, and drops frames not yet extracted first.
+The replay's and the node's use of it are tested in test_tools.py (byte-identical bags with and without) and test_node.py
 (every node test runs with it)."""
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def wait_until(predicate, timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
-def test_frame_queue_extracts_one_frame_ahead_and_never_a_frame_it_drops(stage):
+def test_frame_queue_extracts_one_frame_ahead_and_never_wastes_an_extraction(stage):
     lock = threading.Condition()
     queue = FrameQueue(1, lock, stage)
     with lock:
@@ -151,16 +151,17 @@ def test_frame_queue_extracts_one_frame_ahead_and_never_a_frame_it_drops(stage):
     stage.gates[2].set()
     wait_until(lambda: stage.started == [0, 2, 3])
     with lock:
-        assert queue.put(4) == 2  # none waits unextracted: the oldest extracted one goes, not 3 (running)
-        assert queue.take().item == 3  # arrival order
+        assert queue.put(4) == 4  # 2 (extracted) and 3 (running) keep their work: the newcomer goes
+        assert [w.item for w in (queue.take(), queue.take())] == [2, 3]  # arrival order
+        assert queue.take() is None
+        assert queue.put(5) is None  # 3 is running: not counted
     stage.gates[3].set()
-    wait_until(lambda: stage.started == [0, 2, 3, 4])  # 3 done: the next waiting frame starts
-    stage.gates[4].set()
+    wait_until(lambda: stage.started == [0, 2, 3, 5])  # 3 done: the next waiting frame starts
+    stage.gates[5].set()
     with lock:
         taken = queue.take()
-        assert queue.take() is None
-    assert taken.item == 4 and taken.extraction.result(10) == 40
-    assert 1 not in stage.started  # dropped before its extraction: none was spent on it
+    assert taken.item == 5 and taken.extraction.result(10) == 50
+    assert 1 not in stage.started and 4 not in stage.started  # dropped before extraction: none spent
 
 
 def test_frame_queue_drops_an_unextracted_frame_before_an_extracted_one(stage):
