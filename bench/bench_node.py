@@ -165,9 +165,12 @@ def run_mode(mode: str, args, seq, messages, info, params, graph, log_dir: Path)
             raise AssertionError(f"{exc}; node output:\n{proc.output()[-3000:]}") from None
         before_rx = len(topics.matches)
 
-        def idle():  # the node's first report may still be on its way after the warm-up frames
+        def idle():  # a report that counts every output received so far: the baseline of this mode
+            # (one published before the last warm-up frame was processed can arrive after its output —
+            # two topics, no order between them — and would leave every later count one short)
             reports = topics.diagnostics_of_node()
-            return reports and int(reports[-1]["frames_pending"]) == 0 and reports[-1]
+            return (reports and int(reports[-1]["frames_pending"]) == 0
+                    and int(reports[-1]["frames_processed"]) >= before_rx and reports[-1])
 
         base = rg.wait_until(idle, 30.0, "idle node")
 
