@@ -24,6 +24,7 @@ bench: venv
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_node.py --profile xfeat_lighterglue --keypoints 512 --modes rate,paced --rate 15 --frames 150
 	$(PY) bench/bench_node.py --profile xfeat_lighterglue --keypoints 512 --modes rate --rate 10 --frames 150
+	$(PY) bench/bench_node.py --profile xfeat_lighterglue --keypoints 512 --modes 30hz --frames 300
 	$(PY) bench/bench_memory.py --keypoints 512,1024
 	$(PY) bench/bench_pose.py
 	$(PY) bench/bench_models.py
