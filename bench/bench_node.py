@@ -68,6 +68,7 @@ CAMERA_RATE = {"30hz", "rate"}  # modes that stand for a camera: the verdict lin
 
 def node_params(args, weights: dict[str, Path] | None) -> dict:
     """-p overrides of the node (with --profile they come after the profile's params file)."""
+    from glue_ros.config import parse_set
     # reset_gap_s: in the paced mode stamps are as far apart as the processing takes (seconds for the
     # learned path on a CPU); the default 2 s would reset the keyframe buffer before every frame.
     params = {"device": args.device, "diagnostics.period_s": 0.25, "input.queue_size": 1,
@@ -83,9 +84,7 @@ def node_params(args, weights: dict[str, Path] | None) -> dict:
                        "extractor.keypoint_threshold": 0.0})
     if args.full_depth:
         params.update({"matcher.depth_confidence": -1.0, "matcher.width_confidence": -1.0})
-    for assignment in args.sets:
-        name, _, value = assignment.partition("=")
-        params[name.strip()] = value.strip()
+    params.update(parse_set(args.sets))  # the CLIs' --set parsing: NAME=VALUE, YAML scalars, strings verbatim
     return params
 
 

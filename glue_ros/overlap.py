@@ -90,7 +90,8 @@ class Extracted:
 
 class ExtractionThread:
     """One worker thread that runs extractions in submission order (bounded by its callers: the replay
-    keeps one frame ahead, the node one per queued frame). Use as a context manager, or ``close()``."""
+    keeps one frame ahead, the node's FrameQueue runs one at a time). Use as a context manager, or
+    ``close()``."""
 
     def __init__(self, frontend: "FrontEnd", threads: int):
         self._frontend = frontend
